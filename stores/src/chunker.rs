@@ -1,0 +1,136 @@
+//! Re-chunks a body stream into parts of an exact size (the last one shorter), for multipart
+//! uploads and segments. One copy per byte, into a buffer of the part's size.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use crate::ByteStream;
+
+pub struct Chunker {
+    body: ByteStream,
+    /// Bytes read from the body but not yet handed out.
+    pending: Bytes,
+    done: bool,
+}
+
+impl Chunker {
+    pub fn new(body: ByteStream) -> Self {
+        Self {
+            body,
+            pending: Bytes::new(),
+            done: false,
+        }
+    }
+
+    /// The next part of exactly `size` bytes, or shorter at the end of the body; `None` once the
+    /// body is exhausted (an empty body yields `None` at once).
+    pub async fn next_part(&mut self, size: usize) -> Option<io::Result<Bytes>> {
+        assert!(size > 0, "part size must be positive");
+        // Fast path: a buffered chunk already covers the whole part.
+        if self.pending.len() >= size {
+            return Some(Ok(self.pending.split_to(size)));
+        }
+        let mut part = BytesMut::with_capacity(size);
+        part.extend_from_slice(&std::mem::take(&mut self.pending));
+        while part.len() < size && !self.done {
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    let wanted = size - part.len();
+                    if chunk.len() > wanted {
+                        part.extend_from_slice(&chunk[..wanted]);
+                        self.pending = chunk.slice(wanted..);
+                    } else {
+                        part.extend_from_slice(&chunk);
+                    }
+                }
+                Some(Err(err)) => return Some(Err(err)),
+                None => self.done = true,
+            }
+        }
+        if part.is_empty() {
+            None
+        } else {
+            Some(Ok(part.freeze()))
+        }
+    }
+
+    /// True once the body has ended and every byte was handed out.
+    pub async fn is_exhausted(&mut self) -> io::Result<bool> {
+        while self.pending.is_empty() && !self.done {
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(err)) => return Err(err),
+                None => self.done = true,
+            }
+        }
+        Ok(self.pending.is_empty() && self.done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    fn body_of(len: usize, chunk: usize) -> (ByteStream, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let chunks: Vec<io::Result<Bytes>> = data
+            .chunks(chunk.max(1))
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        (Box::pin(stream::iter(chunks)), data)
+    }
+
+    async fn parts(len: usize, chunk: usize, part: usize) -> (Vec<usize>, Vec<u8>, Vec<u8>) {
+        let (body, data) = body_of(len, chunk);
+        let mut chunker = Chunker::new(body);
+        let mut sizes = vec![];
+        let mut joined = vec![];
+        while let Some(p) = chunker.next_part(part).await {
+            let p = p.unwrap();
+            sizes.push(p.len());
+            joined.extend_from_slice(&p);
+        }
+        (sizes, joined, data)
+    }
+
+    #[tokio::test]
+    async fn exact_parts_at_the_boundaries() {
+        let p = 1000;
+        for (len, expected) in [
+            (0, vec![]),
+            (p - 1, vec![p - 1]),
+            (p, vec![p]),
+            (p + 1, vec![p, 1]),
+            (3 * p, vec![p, p, p]),
+        ] {
+            for chunk in [1, 7, 999, 1000, 4096] {
+                let (sizes, joined, data) = parts(len, chunk, p).await;
+                assert_eq!(sizes, expected, "len {len} chunk {chunk}");
+                assert_eq!(joined, data);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn exhaustion_is_seen_without_consuming_data() {
+        let (body, _) = body_of(10, 3);
+        let mut chunker = Chunker::new(body);
+        assert!(!chunker.is_exhausted().await.unwrap());
+        assert_eq!(chunker.next_part(10).await.unwrap().unwrap().len(), 10);
+        assert!(chunker.is_exhausted().await.unwrap());
+        assert!(chunker.next_part(10).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn body_errors_surface() {
+        let body: ByteStream = Box::pin(stream::iter(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(io::Error::other("cut")),
+        ]));
+        let mut chunker = Chunker::new(body);
+        assert!(chunker.next_part(10).await.unwrap().is_err());
+    }
+}

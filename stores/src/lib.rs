@@ -1,0 +1,168 @@
+//! Image data stores behind one streaming trait.
+//!
+//! This crate owns how image bytes are kept (local files, S3 buckets, Swift containers). It knows
+//! nothing of HTTP, of Glance metadata or of the registry: the gateway hands it a key and a stream
+//! of bytes and gets them back. Hashing and byte counting happen once, above the stores, in
+//! [`digest::put_digested`].
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub mod chunker;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod file;
+pub mod names;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use config::{open_store, StoreConfig};
+pub use digest::{put_digested, PutError, Stored};
+pub use error::StoreError;
+pub use names::{ObjectKey, StoreName};
+
+/// A stream of body chunks. `Send + 'static` so it can cross tasks and reach hyper.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// What [`Store::get`] returns: the requested bytes and where they sit in the object.
+pub struct GetObject {
+    pub body: ByteStream,
+    /// The byte range of the object that `body` yields (the whole object when no range was asked).
+    pub range: Range<u64>,
+    /// The length of the whole object.
+    pub total_len: u64,
+}
+
+impl fmt::Debug for GetObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetObject")
+            .field("range", &self.range)
+            .field("total_len", &self.total_len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One object as [`Store::list`] reports it, for the orphan sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: ObjectKey,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Incomplete uploads (temp files, multipart uploads, segments) removed.
+    pub incomplete_removed: usize,
+}
+
+/// A place that keeps image bytes under keys.
+///
+/// Contract every implementation keeps (checked by the conformance suite in [`testing`]):
+///
+/// * **Atomic visibility.** An object becomes readable only once [`put`](Store::put) returns
+///   `Ok`; until then a `get` of the key answers `NotFound` (or the previous object, never a
+///   partial one).
+/// * **A failed or cancelled `put` leaves nothing behind**: no object, no temp file, no pending
+///   multipart upload, no segment. Cancellation (the future dropped mid-stream) is covered by
+///   drop guards, since the HTTP layer drops the future when a client disconnects.
+/// * **The body is consumed once, in order, never collected whole.** Memory is bounded by the
+///   store's own buffers (part size × parts in flight for S3, one chunk for files).
+/// * If the body yields an error, `put` fails with [`StoreError::Body`] carrying that error.
+/// * `get` of a missing key answers [`StoreError::NotFound`]. With a range, `body` yields
+///   exactly `range.end - range.start` bytes; a range that starts at or past the object's end, or
+///   is empty, answers [`StoreError::RangeNotSatisfiable`]; an end past the object is clipped.
+/// * `delete` is idempotent: a missing object is `Ok`. It also removes any partial upload
+///   state left for the key (a crash mid-upload), so a restarted gateway can clean up by key.
+/// * Nothing a store returns (errors, [`describe`](Store::describe)) contains a credential.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The configured name (`[stores.<name>]`), which `x-image-meta-store` selects.
+    fn name(&self) -> &StoreName;
+
+    /// The kind of backend: `file`, `s3` or `swift`.
+    fn kind(&self) -> &'static str;
+
+    /// A credential-free URI for the object, such as `s3://bucket/prefix/key`.
+    fn describe(&self, key: &ObjectKey) -> String;
+
+    /// Stores `body` under `key`. `size_hint` is the expected length when the client declared it
+    /// (stores use it to size multipart parts); the stream is the truth.
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+    ) -> Result<(), StoreError>;
+
+    /// Streams the object, or the byte range `range` of it.
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<GetObject, StoreError>;
+
+    /// Removes the object and any partial upload state for `key`.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
+
+    /// Checks that the backend is reachable and the credentials work.
+    async fn health_check(&self) -> Result<(), StoreError>;
+
+    /// Lists the complete objects this store manages (under its prefix / root).
+    async fn list(&self) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Removes incomplete uploads (temp files, multipart uploads, orphan segments) older than
+    /// `older_than`.
+    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError>;
+}
+
+/// The configured stores by name.
+#[derive(Debug, Clone, Default)]
+pub struct Stores {
+    by_name: std::collections::BTreeMap<StoreName, Arc<dyn Store>>,
+}
+
+impl Stores {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, store: Arc<dyn Store>) {
+        self.by_name.insert(store.name().clone(), store);
+    }
+
+    /// Looks a store up by the name a client sent; unknown or malformed names give `None`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Store>> {
+        self.by_name
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, s)| s)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Store>> {
+        self.by_name.values()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &StoreName> {
+        self.by_name.keys()
+    }
+}
+
+/// Resolves a range against an object of `len` bytes, per the trait contract.
+pub fn clip_range(range: Option<Range<u64>>, len: u64) -> Result<Range<u64>, StoreError> {
+    match range {
+        None => Ok(0..len),
+        Some(r) if r.start >= len || r.start >= r.end => {
+            Err(StoreError::RangeNotSatisfiable { len })
+        }
+        Some(r) => Ok(r.start..r.end.min(len)),
+    }
+}
