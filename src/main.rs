@@ -1,1 +1,83 @@
-fn main() {}
+//! The `glance-gateway` binary: configuration → tracing → state → serve. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use glance_gateway::config::{AuthMode, Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "OpenStack Glance v1 image API over file, S3 and Swift stores"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:9292).
+        #[arg(long)]
+        bind: Option<String>,
+        /// Directory for the registry and the default file store (default ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How callers are identified.
+        #[arg(long, value_enum)]
+        auth: Option<AuthMode>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let Command::Serve {
+        config,
+        bind,
+        data_dir,
+        auth,
+    } = Cli::parse().command;
+    match run(
+        config,
+        Overrides {
+            bind,
+            data_dir,
+            auth,
+        },
+    )
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("glance-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref(), overrides)?;
+    let bind = config.bind;
+    let state = glance_gateway::open_state(config).await?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    tracing::info!(%bind, "glance-gateway listening");
+    glance_gateway::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
+    .await
+}

@@ -1,0 +1,362 @@
+//! Image operations behind the HTTP handlers: create, update and delete with Glance v1's
+//! processing order (validation, policy, visibility, then the change), and finding an image the
+//! caller may see. Data uploads are handed to `upload`.
+
+use stores::{ByteStream, ObjectKey};
+
+use crate::access::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::http::image_meta::{validate_formats, MetaPatch};
+use crate::model::{ImageId, ImageRecord, ImageStatus, Timestamp};
+use crate::registry::StoredImage;
+use crate::state::AppState;
+use crate::upload;
+
+/// Image data that came with a POST or PUT.
+pub struct IncomingData {
+    pub body: ByteStream,
+    pub content_type_ok: bool,
+    pub content_length: Option<u64>,
+}
+
+/// What a POST or PUT asks for.
+pub struct WriteRequest {
+    pub patch: MetaPatch,
+    pub data: Option<IncomingData>,
+    pub content_length: Option<u64>,
+    pub copy_from: Option<String>,
+    /// PUT only: delete properties the request does not name (default true).
+    pub purge_props: bool,
+}
+
+/// Finds an image by the id in the path; 404 when missing or invisible to the caller.
+pub async fn find_visible(state: &AppState, caller: &Caller, id: &str) -> ApiResult<StoredImage> {
+    let not_found = || ApiError::image_not_found(id);
+    let id = ImageId::parse(id).ok_or_else(not_found)?;
+    let image = state.registry.get(&id).await?.ok_or_else(not_found)?;
+    if !caller.can_see(&image) {
+        return Err(not_found());
+    }
+    Ok(image)
+}
+
+/// Checks done before anything is created or changed (POST steps 1–8, PUT steps 1–2).
+fn precheck(state: &AppState, caller: &Caller, req: &mut WriteRequest) -> ApiResult<()> {
+    let config = &state.config;
+    validate_formats(
+        &mut req.patch,
+        &config.disk_formats,
+        &config.container_formats,
+    )
+    .map_err(|e| ApiError::bad_request(e.0))?;
+    let cap = config.image_size_cap;
+    if req.content_length.is_some_and(|l| l > cap) || req.patch.size.is_some_and(|s| s > cap) {
+        return Err(ApiError::bad_request(format!(
+            "Denying attempt to upload image larger than {cap} bytes."
+        )));
+    }
+    caller.check_writable()?;
+    caller.check_publicize(req.patch.is_public == Some(true))?;
+    if let Some(location) = &req.patch.location {
+        return Err(external_source_refused(location));
+    }
+    if let Some(url) = &req.copy_from {
+        return Err(external_source_refused(url));
+    }
+    if let Some(store) = &req.patch.store {
+        state.store_for(Some(store))?;
+    }
+    Ok(())
+}
+
+fn external_source_refused(url: &str) -> ApiError {
+    if url.is_empty() {
+        ApiError::bad_request("External source should not be empty")
+    } else {
+        ApiError::bad_request(format!("External sources are not supported: '{url}'"))
+    }
+}
+
+fn check_property_quota(state: &AppState, count: usize) -> ApiResult<()> {
+    let quota = state.config.image_property_quota;
+    if quota >= 0 && count as i64 > quota {
+        return Err(ApiError::too_large(format!(
+            "The limit has been exceeded on the number of allowed image properties. Attempted: {count}, Maximum: {quota}"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies the patch's core fields and properties to a record.
+fn apply_patch(record: &mut ImageRecord, patch: &MetaPatch, caller: &Caller, purge: bool) {
+    if let Some(v) = &patch.name {
+        record.name = v.clone();
+    }
+    if let Some(v) = patch.size {
+        record.size = v;
+    }
+    if let Some(v) = patch.virtual_size {
+        record.virtual_size = v;
+    }
+    if let Some(v) = &patch.disk_format {
+        record.disk_format = v.clone();
+    }
+    if let Some(v) = &patch.container_format {
+        record.container_format = v.clone();
+    }
+    if let Some(v) = &patch.checksum {
+        record.checksum = v.clone();
+    }
+    if let Some(v) = patch.min_disk {
+        record.min_disk = v;
+    }
+    if let Some(v) = patch.min_ram {
+        record.min_ram = v;
+    }
+    if let Some(v) = patch.is_public {
+        record.is_public = v;
+    }
+    if let Some(v) = patch.protected {
+        record.protected = v;
+    }
+    if let (Some(owner), true) = (&patch.owner, caller.is_admin) {
+        record.owner = owner.clone();
+    }
+    if purge {
+        record.properties = patch.properties.clone();
+    } else {
+        for (k, v) in &patch.properties {
+            record.properties.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Formats must be known before data or a location is attached.
+fn require_formats(record: &ImageRecord) -> ApiResult<()> {
+    if record.disk_format.is_none() {
+        return Err(ApiError::bad_request("Disk format is not specified."));
+    }
+    if record.container_format.is_none() {
+        return Err(ApiError::bad_request("Container format is not specified."));
+    }
+    Ok(())
+}
+
+/// Runs the upload of a queued image's data (POST mode B, PUT with a body).
+async fn upload_data(
+    state: &AppState,
+    record: &ImageRecord,
+    store_name: Option<&str>,
+    data: IncomingData,
+) -> ApiResult<ImageRecord> {
+    require_formats(record)?;
+    let store = state.store_for(store_name)?;
+    if !data.content_type_ok {
+        upload::kill(&state.registry, &record.id, ImageStatus::Queued).await?;
+        return Err(ApiError::bad_request(
+            "Content-Type must be application/octet-stream",
+        ));
+    }
+    upload::upload(state, &record.id, store, data.body, data.content_length).await
+}
+
+/// `POST /v1/images`.
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    mut req: WriteRequest,
+) -> ApiResult<ImageRecord> {
+    precheck(state, caller, &mut req)?;
+    check_property_quota(state, req.patch.properties.len())?;
+    let id = match &req.patch.id {
+        Some(text) => {
+            ImageId::parse(text).ok_or_else(|| ApiError::bad_request("Invalid image id format"))?
+        }
+        None => ImageId::random(),
+    };
+    let now = Timestamp::now();
+    let mut record = ImageRecord::new(id, now);
+    record.owner = caller.owner.clone();
+    apply_patch(&mut record, &req.patch, caller, true);
+    if req.patch.size == Some(0) && req.data.is_none() {
+        record.status = ImageStatus::Active;
+    }
+    let record = state.registry.insert_new(record).await?;
+    match req.data {
+        None => Ok(record),
+        Some(data) => upload_data(state, &record, req.patch.store.as_deref(), data).await,
+    }
+}
+
+/// `PUT /v1/images/{id}`.
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    mut req: WriteRequest,
+) -> ApiResult<ImageRecord> {
+    precheck(state, caller, &mut req)?;
+    let image = find_visible(state, caller, id).await?;
+    let current = &image.record;
+    if current.status.is_deleted() {
+        return Err(ApiError::forbidden("Forbidden to update deleted image."));
+    }
+    if !caller.is_admin
+        && matches!(
+            current.status,
+            ImageStatus::Active | ImageStatus::Deactivated
+        )
+    {
+        if req.patch.size.is_some_and(|s| s != current.size) {
+            return Err(ApiError::forbidden(
+                "Forbidden to modify 'size' of active image.",
+            ));
+        }
+        if req
+            .patch
+            .checksum
+            .as_ref()
+            .is_some_and(|c| *c != current.checksum)
+        {
+            return Err(ApiError::forbidden(
+                "Forbidden to modify 'checksum' of active image.",
+            ));
+        }
+    }
+    if req
+        .patch
+        .status
+        .as_ref()
+        .is_some_and(|s| s != current.status.as_str())
+    {
+        return Err(ApiError::forbidden(
+            "Forbidden to modify 'status' of image.",
+        ));
+    }
+    if req
+        .patch
+        .id
+        .as_ref()
+        .is_some_and(|i| i != current.id.as_str())
+    {
+        return Err(ApiError::forbidden("Forbidden to modify 'id' of image."));
+    }
+    if req.data.is_some() && current.status != ImageStatus::Queued {
+        return Err(ApiError::conflict("Cannot upload to an unqueued image"));
+    }
+    // Properties are never purged by a PUT that uploads data.
+    let purge = req.purge_props && req.data.is_none();
+    let property_count = if purge {
+        req.patch.properties.len()
+    } else {
+        let mut keys: std::collections::BTreeSet<&String> = current.properties.keys().collect();
+        keys.extend(req.patch.properties.keys());
+        keys.len()
+    };
+    check_property_quota(state, property_count)?;
+    caller.check_modify(&image)?;
+
+    let patch = req.patch.clone();
+    let caller_for_change = caller.clone();
+    let updated = state
+        .registry
+        .update::<ApiError, _>(&current.id, move |s| {
+            if s.record.status.is_deleted() {
+                return Err(ApiError::forbidden("Forbidden to update deleted image."));
+            }
+            apply_patch(&mut s.record, &patch, &caller_for_change, purge);
+            s.record.updated_at = Timestamp::now();
+            Ok(())
+        })
+        .await?
+        .record;
+    match req.data {
+        Some(data) if updated.status == ImageStatus::Queued => {
+            upload_data(state, &updated, req.patch.store.as_deref(), data).await
+        }
+        Some(_) => Err(ApiError::conflict("Cannot upload to an unqueued image")),
+        None => Ok(updated),
+    }
+}
+
+/// `DELETE /v1/images/{id}`.
+pub async fn delete(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
+    caller.check_writable()?;
+    let image = find_visible(state, caller, id).await?;
+    let record = &image.record;
+    if record.protected {
+        return Err(ApiError::forbidden("Image is protected"));
+    }
+    match record.status {
+        ImageStatus::PendingDelete => {
+            return Err(ApiError::forbidden(
+                "Forbidden to delete a pending_delete image.",
+            ))
+        }
+        ImageStatus::Deleted => return Err(ApiError::not_found(format!("Image {id} not found."))),
+        _ => {}
+    }
+    caller.check_modify(&image)?;
+
+    let has_data = record.location.is_some()
+        && matches!(
+            record.status,
+            ImageStatus::Active | ImageStatus::Deactivated
+        );
+    let delayed = has_data && state.config.delayed_delete;
+    let before = image.clone();
+    let deleted = state
+        .registry
+        .update::<ApiError, _>(&record.id, move |s| {
+            if s.record.status.is_deleted() {
+                return Err(ApiError::not_found("Image not found."));
+            }
+            let now = Timestamp::now();
+            s.record.status = if delayed {
+                ImageStatus::PendingDelete
+            } else {
+                ImageStatus::Deleted
+            };
+            s.record.deleted = true;
+            s.record.deleted_at = Some(now);
+            s.record.updated_at = now;
+            s.record.properties.clear();
+            s.members.clear();
+            Ok(())
+        })
+        .await?;
+    if delayed {
+        return Ok(());
+    }
+    if let Some(loc) = &deleted.record.location {
+        if let Err(e) = delete_data(state, &loc.store, &loc.key).await {
+            // Put the image back as it was: the data is still there.
+            let restore = before.clone();
+            let _ = state
+                .registry
+                .update::<ApiError, _>(&record.id, move |s| {
+                    *s = restore.clone();
+                    Ok(())
+                })
+                .await;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Removes stored data; a missing object is fine.
+pub async fn delete_data(state: &AppState, store: &str, key: &str) -> ApiResult<()> {
+    let Some(store) = state.stores.get(store) else {
+        tracing::warn!(%store, "image data in an unconfigured store left alone");
+        return Ok(());
+    };
+    let Some(key) = ObjectKey::parse(key) else {
+        return Ok(());
+    };
+    match store.delete(&key).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,303 @@
+//! Configuration: a TOML file (every key optional) overlaid by command-line flags, validated once
+//! at startup. Key names follow glance-api.conf where one exists.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use stores::{StoreConfig, StoreName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Every caller is an admin without a tenant (local use).
+    Noauth,
+    /// Identity from headers set by an authenticating proxy (X-Identity-Status etc.).
+    TrustedHeaders,
+}
+
+/// Which remote `http(s)` sources (`x-image-meta-location`, `x-glance-api-copy-from`) are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteSources {
+    Public,
+    Any,
+    Off,
+}
+
+/// The file as written; `None` means "not set".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub registry_path: Option<PathBuf>,
+    pub auth: Option<AuthMode>,
+    pub default_store: Option<String>,
+    pub owner_is_tenant: Option<bool>,
+    pub admin_role: Option<String>,
+    pub allow_anonymous_access: Option<bool>,
+    pub image_size_cap: Option<u64>,
+    pub user_storage_quota: Option<QuotaValue>,
+    pub image_property_quota: Option<i64>,
+    pub image_member_quota: Option<i64>,
+    pub limit_param_default: Option<u64>,
+    pub api_limit_max: Option<u64>,
+    pub delayed_delete: Option<bool>,
+    pub scrub_time: Option<u64>,
+    pub show_image_direct_url: Option<bool>,
+    pub public_endpoint: Option<String>,
+    pub disk_formats: Option<Vec<String>>,
+    pub container_formats: Option<Vec<String>>,
+    pub remote_sources: Option<RemoteSources>,
+    /// Seconds between sweeps of incomplete uploads and orphaned objects (0 = only at startup).
+    pub sweep_interval: Option<u64>,
+    /// Incomplete uploads younger than this many seconds are left alone by a sweep.
+    pub sweep_min_age: Option<u64>,
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// `user_storage_quota`: bytes as an integer, or a string with a B/KB/MB/GB/TB suffix (binary).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum QuotaValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl QuotaValue {
+    fn bytes(&self) -> anyhow::Result<u64> {
+        match self {
+            Self::Bytes(n) => Ok(*n),
+            Self::Text(s) => parse_quota(s)
+                .with_context(|| format!("config key `user_storage_quota`: bad value {s:?}")),
+        }
+    }
+}
+
+pub fn parse_quota(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = s.split_at(digits);
+    let num: u64 = num
+        .parse()
+        .context("expected a number with an optional unit")?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" => 10,
+        "MB" => 20,
+        "GB" => 30,
+        "TB" => 40,
+        other => bail!("unknown unit {other:?} (use B, KB, MB, GB or TB)"),
+    };
+    num.checked_mul(1u64 << shift).context("value too large")
+}
+
+/// Command-line overrides.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub auth: Option<AuthMode>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub registry_path: PathBuf,
+    pub auth: AuthMode,
+    pub default_store: StoreName,
+    pub owner_is_tenant: bool,
+    pub admin_role: String,
+    pub allow_anonymous_access: bool,
+    pub image_size_cap: u64,
+    pub user_storage_quota: u64,
+    pub image_property_quota: i64,
+    pub image_member_quota: i64,
+    pub limit_param_default: u64,
+    pub api_limit_max: u64,
+    pub delayed_delete: bool,
+    pub scrub_time: u64,
+    pub show_image_direct_url: bool,
+    pub public_endpoint: Option<String>,
+    pub disk_formats: Vec<String>,
+    pub container_formats: Vec<String>,
+    pub remote_sources: RemoteSources,
+    pub sweep_interval: u64,
+    pub sweep_min_age: u64,
+    pub stores: BTreeMap<StoreName, StoreConfig>,
+}
+
+pub const DEFAULT_DISK_FORMATS: &[&str] = &[
+    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
+];
+pub const DEFAULT_CONTAINER_FORMATS: &[&str] =
+    &["ami", "ari", "aki", "bare", "ovf", "ova", "docker"];
+
+impl Config {
+    /// Reads `path` (when given) and applies the overrides.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        Self::resolve(file, overrides)
+    }
+
+    pub fn resolve(file: ConfigFile, overrides: Overrides) -> anyhow::Result<Self> {
+        let bind_text = overrides
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| "127.0.0.1:9292".to_owned());
+        let bind: SocketAddr = bind_text
+            .parse()
+            .with_context(|| format!("config key `bind`: {bind_text:?} is not an address:port"))?;
+        let data_dir = overrides
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let registry_path = file
+            .registry_path
+            .unwrap_or_else(|| data_dir.join("registry"));
+
+        let mut stores = BTreeMap::new();
+        for (name, store) in file.stores {
+            let parsed = StoreName::parse(&name).with_context(|| {
+                format!("config key `stores.{name}`: store names are 1-64 of a-z 0-9 _ -")
+            })?;
+            stores.insert(parsed, store);
+        }
+        if stores.is_empty() {
+            stores.insert(
+                StoreName::parse("file").expect("valid name"),
+                StoreConfig::File(stores::file::FileStoreConfig {
+                    root: data_dir.join("images"),
+                }),
+            );
+        }
+        let default_store_text = file.default_store.unwrap_or_else(|| "file".to_owned());
+        let default_store = StoreName::parse(&default_store_text)
+            .filter(|n| stores.contains_key(n))
+            .with_context(|| {
+                let known: Vec<_> = stores.keys().map(|n| n.to_string()).collect();
+                format!(
+                    "config key `default_store`: {default_store_text:?} is not a configured store (configured: {})",
+                    known.join(", ")
+                )
+            })?;
+
+        let api_limit_max = file.api_limit_max.unwrap_or(1000);
+        if api_limit_max == 0 {
+            bail!("config key `api_limit_max`: must be at least 1");
+        }
+        let limit_param_default = file.limit_param_default.unwrap_or(25);
+        let admin_role = file.admin_role.unwrap_or_else(|| "admin".to_owned());
+        if admin_role.trim().is_empty() {
+            bail!("config key `admin_role`: must not be empty");
+        }
+        let list_or = |v: Option<Vec<String>>, default: &[&str], key: &str| {
+            let list = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            if list.is_empty() {
+                bail!("config key `{key}`: must list at least one format");
+            }
+            Ok(list)
+        };
+        let public_endpoint = file
+            .public_endpoint
+            .map(|e| e.trim_end_matches('/').to_owned());
+        if let Some(e) = &public_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("config key `public_endpoint`: must be an http(s) URL");
+            }
+        }
+        Ok(Self {
+            bind,
+            data_dir,
+            registry_path,
+            auth: overrides.auth.or(file.auth).unwrap_or(AuthMode::Noauth),
+            default_store,
+            owner_is_tenant: file.owner_is_tenant.unwrap_or(true),
+            admin_role: admin_role.to_lowercase(),
+            allow_anonymous_access: file.allow_anonymous_access.unwrap_or(false),
+            image_size_cap: file.image_size_cap.unwrap_or(1 << 40),
+            user_storage_quota: file
+                .user_storage_quota
+                .map(|q| q.bytes())
+                .transpose()?
+                .unwrap_or(0),
+            image_property_quota: file.image_property_quota.unwrap_or(128),
+            image_member_quota: file.image_member_quota.unwrap_or(128),
+            limit_param_default: limit_param_default.min(api_limit_max),
+            api_limit_max,
+            delayed_delete: file.delayed_delete.unwrap_or(false),
+            scrub_time: file.scrub_time.unwrap_or(0),
+            show_image_direct_url: file.show_image_direct_url.unwrap_or(false),
+            public_endpoint,
+            disk_formats: list_or(file.disk_formats, DEFAULT_DISK_FORMATS, "disk_formats")?,
+            container_formats: list_or(
+                file.container_formats,
+                DEFAULT_CONTAINER_FORMATS,
+                "container_formats",
+            )?,
+            remote_sources: file.remote_sources.unwrap_or(RemoteSources::Public),
+            sweep_interval: file.sweep_interval.unwrap_or(3600),
+            sweep_min_age: file.sweep_min_age.unwrap_or(86_400),
+            stores,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml_text: &str) -> anyhow::Result<Config> {
+        let file: ConfigFile = toml::from_str(toml_text)?;
+        Config::resolve(file, Overrides::default())
+    }
+
+    #[test]
+    fn defaults_give_a_file_store_under_data() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:9292");
+        assert_eq!(c.default_store.as_str(), "file");
+        assert_eq!(c.registry_path, PathBuf::from("./data/registry"));
+        assert_eq!(c.limit_param_default, 25);
+        assert_eq!(c.image_size_cap, 1 << 40);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = format!("{:#}", resolve("bogus = 1").unwrap_err());
+        assert!(err.contains("bogus"), "{err}");
+        let err = format!("{:#}", resolve("default_store = \"s3\"").unwrap_err());
+        assert!(err.contains("default_store"), "{err}");
+        let err = format!("{:#}", resolve("bind = \"nope\"").unwrap_err());
+        assert!(err.contains("bind"), "{err}");
+        let err = format!("{:#}", resolve("user_storage_quota = \"5XB\"").unwrap_err());
+        assert!(err.contains("user_storage_quota"), "{err}");
+        let err = format!(
+            "{:#}",
+            resolve("[stores.file]\nkind = \"file\"\nroot = \"x\"\nextra = 1").unwrap_err()
+        );
+        assert!(err.contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn quota_units_are_binary() {
+        assert_eq!(parse_quota("10").unwrap(), 10);
+        assert_eq!(parse_quota("5KB").unwrap(), 5 * 1024);
+        assert_eq!(parse_quota("2 GB").unwrap(), 2 << 30);
+        assert!(parse_quota("-1").is_err());
+    }
+}

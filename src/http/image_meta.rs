@@ -1,0 +1,528 @@
+//! The `x-image-meta-*` header codec, pure: request headers → [`MetaPatch`], and an image record →
+//! response headers. No I/O, no configuration beyond what is passed in.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use time::format_description::well_known::Iso8601;
+use time::{Date, OffsetDateTime, PrimitiveDateTime};
+
+use crate::model::ImageRecord;
+
+const PREFIX: &str = "x-image-meta-";
+const PROPERTY_PREFIX: &str = "x-image-meta-property-";
+const MAX_INT32: u64 = 2_147_483_647;
+
+/// The core fields a request may name; anything else under `x-image-meta-` is a bad header.
+const CORE_FIELDS: &[&str] = &[
+    "name",
+    "id",
+    "status",
+    "size",
+    "virtual_size",
+    "disk_format",
+    "container_format",
+    "checksum",
+    "min_disk",
+    "min_ram",
+    "is_public",
+    "protected",
+    "owner",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "deleted",
+    "location",
+    "store",
+    "copy_from",
+    "uri",
+];
+
+/// What a POST or PUT asks to change. `Some(None)` means "set to null" (an empty header).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MetaPatch {
+    pub name: Option<Option<String>>,
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub size: Option<u64>,
+    pub virtual_size: Option<Option<u64>>,
+    pub disk_format: Option<Option<String>>,
+    pub container_format: Option<Option<String>>,
+    pub checksum: Option<Option<String>>,
+    pub min_disk: Option<u64>,
+    pub min_ram: Option<u64>,
+    pub is_public: Option<bool>,
+    pub protected: Option<bool>,
+    pub owner: Option<Option<String>>,
+    pub location: Option<String>,
+    pub store: Option<String>,
+    pub properties: BTreeMap<String, Option<String>>,
+}
+
+/// A refused header; the message is what Glance clients match on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MetaError(pub String);
+
+fn err<T>(message: impl Into<String>) -> Result<T, MetaError> {
+    Err(MetaError(message.into()))
+}
+
+/// Glance's boolean words: anything else, including garbage, is false.
+pub fn is_true_word(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "t" | "true" | "on" | "y" | "yes"
+    )
+}
+
+/// Text must be UTF-8 without characters above U+FFFF (the registry contract of Glance v1).
+pub fn check_text(what: &str, text: &str) -> Result<(), MetaError> {
+    if text.chars().any(|c| c as u32 > 0xFFFF) {
+        return err(format!(
+            "{what} contains a character outside the Basic Multilingual Plane"
+        ));
+    }
+    Ok(())
+}
+
+/// A non-negative base-10 integer within 64 bits, nothing else (no sign, no spaces).
+pub fn parse_u64(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn parse_int_field(field: &str, value: &str) -> Result<u64, MetaError> {
+    if let Some(rest) = value.strip_prefix('-') {
+        if parse_u64(rest).is_some() {
+            return err("Cannot be a negative value.");
+        }
+    }
+    parse_u64(value).ok_or_else(|| {
+        MetaError(format!(
+            "Cannot convert image {field} '{value}' to an integer."
+        ))
+    })
+}
+
+/// ISO 8601 date-times and dates; a date-time without offset is UTC.
+pub fn parse_iso8601(text: &str) -> Option<OffsetDateTime> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(t) = OffsetDateTime::parse(text, &Iso8601::DEFAULT) {
+        return Some(t);
+    }
+    if let Ok(t) = PrimitiveDateTime::parse(text, &Iso8601::DEFAULT) {
+        return Some(t.assume_utc());
+    }
+    Date::parse(text, &Iso8601::DEFAULT)
+        .ok()
+        .map(|d| d.midnight().assume_utc())
+}
+
+fn check_time_field(field: &str, value: &str) -> Result<(), MetaError> {
+    match parse_iso8601(value) {
+        Some(t) if t.year() >= 1900 => Ok(()),
+        _ => err(format!("Invalid time format for {field}.")),
+    }
+}
+
+fn nullable(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+fn check_len(what: &str, value: &Option<String>, max: usize) -> Result<(), MetaError> {
+    match value {
+        Some(v) if v.chars().count() > max => err(format!(
+            "{what} is too long: it may not exceed {max} characters"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the `x-image-meta-*` headers of a POST or PUT.
+pub fn decode(headers: &HeaderMap) -> Result<MetaPatch, MetaError> {
+    let mut patch = MetaPatch::default();
+    let mut seen = std::collections::HashSet::new();
+    for (name, raw) in headers {
+        let lower = name.as_str(); // already lower-case
+        let Some(rest) = lower.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let value = std::str::from_utf8(raw.as_bytes())
+            .map_err(|_| MetaError(format!("Header {lower} is not valid UTF-8")))?
+            .trim();
+        if let Some(key) = lower.strip_prefix(PROPERTY_PREFIX) {
+            let key = key.replace('-', "_");
+            if key.is_empty() || key.chars().count() > 255 {
+                return err(format!("Bad header: {lower}"));
+            }
+            check_text("A property value", value)?;
+            if patch.properties.insert(key, nullable(value)).is_some() {
+                return err(format!("Duplicate header: {lower}"));
+            }
+            continue;
+        }
+        let field = rest.replace('-', "_");
+        if !CORE_FIELDS.contains(&field.as_str()) {
+            return err(format!("Bad header: {lower}"));
+        }
+        if !seen.insert(field.clone()) {
+            return err(format!("Duplicate header: {PREFIX}{field}"));
+        }
+        check_text(&field, value)?;
+        match field.as_str() {
+            "name" => patch.name = Some(nullable(value)),
+            "id" => patch.id = Some(value.to_owned()),
+            "status" => patch.status = Some(value.to_owned()),
+            "size" => patch.size = Some(parse_int_field("size", value)?),
+            "virtual_size" => {
+                patch.virtual_size = Some(if value == "None" {
+                    None
+                } else {
+                    Some(parse_int_field("virtual_size", value)?)
+                })
+            }
+            "min_disk" | "min_ram" => {
+                let n = parse_int_field(&field, value)?;
+                if n > MAX_INT32 {
+                    return err(format!(
+                        "'{field}' value out of range, must not exceed {MAX_INT32}"
+                    ));
+                }
+                if field == "min_disk" {
+                    patch.min_disk = Some(n);
+                } else {
+                    patch.min_ram = Some(n);
+                }
+            }
+            "disk_format" => patch.disk_format = Some(nullable(value)),
+            "container_format" => patch.container_format = Some(nullable(value)),
+            "checksum" => patch.checksum = Some(nullable(value)),
+            "is_public" => patch.is_public = Some(is_true_word(value)),
+            "protected" => patch.protected = Some(is_true_word(value)),
+            "owner" => patch.owner = Some(nullable(value)),
+            "location" => patch.location = Some(value.to_owned()),
+            "store" => patch.store = Some(value.to_owned()),
+            "created_at" | "updated_at" | "deleted_at" => check_time_field(&field, value)?,
+            // Read-only or copy-source aliases: accepted and ignored.
+            _ => {}
+        }
+    }
+    check_len("Image name", patch.name.as_ref().unwrap_or(&None), 255)?;
+    check_len("Owner", patch.owner.as_ref().unwrap_or(&None), 255)?;
+    if let Some(Some(sum)) = &patch.checksum {
+        if sum.chars().count() > 32 {
+            return err(format!(
+                "Invalid checksum '{sum}': can't exceed 32 characters"
+            ));
+        }
+    }
+    Ok(patch)
+}
+
+const AMAZON_FORMATS: &[&str] = &["aki", "ari", "ami"];
+
+/// Checks the formats a request names against the allowed lists and applies the aki/ari/ami
+/// pairing (which looks at the request only).
+pub fn validate_formats(
+    patch: &mut MetaPatch,
+    disk_formats: &[String],
+    container_formats: &[String],
+) -> Result<(), MetaError> {
+    if let Some(disk) = &patch.disk_format {
+        let value = disk.as_deref().unwrap_or("");
+        if !disk_formats.iter().any(|f| f == value) {
+            return err(format!("Invalid disk format '{value}' for image."));
+        }
+    }
+    if let Some(container) = &patch.container_format {
+        let value = container.as_deref().unwrap_or("");
+        if !container_formats.iter().any(|f| f == value) {
+            return err(format!("Invalid container format '{value}' for image."));
+        }
+    }
+    let disk = patch.disk_format.clone().flatten();
+    let container = patch.container_format.clone().flatten();
+    let is_amazon = |f: &Option<String>| f.as_deref().is_some_and(|f| AMAZON_FORMATS.contains(&f));
+    if is_amazon(&disk) || is_amazon(&container) {
+        match (&disk, &container) {
+            (Some(d), None) => patch.container_format = Some(Some(d.clone())),
+            (None, Some(c)) => patch.disk_format = Some(Some(c.clone())),
+            (Some(d), Some(c)) if d != c => {
+                return err("Invalid mix of disk and container formats. When setting a disk or container format to one of 'aki', 'ari', or 'ami', the container and disk formats must match.")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn header_name(name: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
+fn bool_text(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// Writes an image's metadata as response headers: null fields omitted, underscores in names,
+/// booleans as `True`/`False`, `ETag` when the checksum is known. Never a location.
+pub fn encode(record: &ImageRecord, headers: &mut HeaderMap) {
+    let mut put = |field: &str, value: Option<String>| {
+        if let Some(value) = value {
+            if let (Some(name), Ok(value)) = (
+                header_name(&format!("{PREFIX}{field}")),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    };
+    put("id", Some(record.id.to_string()));
+    put("name", record.name.clone());
+    put("status", Some(record.status.as_str().to_owned()));
+    put("size", Some(record.size.to_string()));
+    put("virtual_size", record.virtual_size.map(|v| v.to_string()));
+    put("disk_format", record.disk_format.clone());
+    put("container_format", record.container_format.clone());
+    put("checksum", record.checksum.clone());
+    put("min_disk", Some(record.min_disk.to_string()));
+    put("min_ram", Some(record.min_ram.to_string()));
+    put("is_public", Some(bool_text(record.is_public).to_owned()));
+    put("protected", Some(bool_text(record.protected).to_owned()));
+    put("owner", record.owner.clone());
+    put("created_at", Some(record.created_at.render()));
+    put("updated_at", Some(record.updated_at.render()));
+    put("deleted_at", record.deleted_at.map(|t| t.render()));
+    put("deleted", Some(bool_text(record.deleted).to_owned()));
+    for (key, value) in &record.properties {
+        put(&format!("property-{key}"), value.clone());
+    }
+    if let Some(sum) = &record.checksum {
+        if let Ok(v) = HeaderValue::from_str(sum) {
+            headers.insert(axum::http::header::ETAG, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ImageId, Timestamp};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn decode_pairs(pairs: &[(&str, &str)]) -> Result<MetaPatch, MetaError> {
+        decode(&headers(pairs))
+    }
+
+    #[test]
+    fn dashes_and_underscores_name_the_same_field() {
+        let p = decode_pairs(&[
+            ("X-Image-Meta-Disk-Format", "raw"),
+            ("x-image-meta-container_format", "bare"),
+            ("X-Image-Meta-Property-Foo-Bar", "x"),
+            ("x-image-meta-property-Os.Distro", "y"),
+        ])
+        .unwrap();
+        assert_eq!(p.disk_format, Some(Some("raw".into())));
+        assert_eq!(p.container_format, Some(Some("bare".into())));
+        assert_eq!(p.properties["foo_bar"], Some("x".into()));
+        assert_eq!(p.properties["os.distro"], Some("y".into()));
+    }
+
+    #[test]
+    fn unknown_core_headers_are_bad() {
+        let e = decode_pairs(&[("x-image-meta-bogus", "1")]).unwrap_err();
+        assert_eq!(e.0, "Bad header: x-image-meta-bogus");
+        // Not under x-image-meta-: ignored.
+        assert!(decode_pairs(&[("x-image-created_at", "x")]).is_ok());
+    }
+
+    #[test]
+    fn booleans_follow_the_word_list() {
+        for (v, want) in [
+            ("True", true),
+            ("yes", true),
+            ("1", true),
+            (" ON ", true),
+            ("t", true),
+            ("false", false),
+            ("garbage", false),
+            ("", false),
+        ] {
+            let p = decode_pairs(&[("x-image-meta-is_public", v)]).unwrap();
+            assert_eq!(p.is_public, Some(want), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn integers_are_strict() {
+        assert_eq!(
+            decode_pairs(&[("x-image-meta-size", "5120")]).unwrap().size,
+            Some(5120)
+        );
+        for bad in ["", "abc", "1.5", "+1", "99999999999999999999999", "0x10"] {
+            let e = decode_pairs(&[("x-image-meta-size", bad)]).unwrap_err();
+            assert!(e.0.contains("Cannot convert image size"), "{bad:?}: {e}");
+        }
+        let e = decode_pairs(&[("x-image-meta-min_ram", "-1")]).unwrap_err();
+        assert_eq!(e.0, "Cannot be a negative value.");
+        let e = decode_pairs(&[("x-image-meta-min_disk", "2147483648")]).unwrap_err();
+        assert!(e.0.contains("2147483647"));
+        let p = decode_pairs(&[("x-image-meta-virtual_size", "None")]).unwrap();
+        assert_eq!(p.virtual_size, Some(None));
+        assert!(decode_pairs(&[("x-image-meta-virtual_size", "")]).is_err());
+    }
+
+    #[test]
+    fn empty_values_mean_null() {
+        let p = decode_pairs(&[
+            ("x-image-meta-name", ""),
+            ("x-image-meta-owner", ""),
+            ("x-image-meta-property-k", ""),
+        ])
+        .unwrap();
+        assert_eq!(p.name, Some(None));
+        assert_eq!(p.owner, Some(None));
+        assert_eq!(p.properties["k"], None);
+        let p = decode_pairs(&[("x-image-meta-owner", "null")]).unwrap();
+        assert_eq!(p.owner, Some(Some("null".into())));
+    }
+
+    #[test]
+    fn time_fields_are_checked_then_ignored() {
+        for bad in [
+            "-42",
+            "foo",
+            "1100",
+            "2012-01-01hey12:32:12",
+            "1899-01-01T00:00:00",
+        ] {
+            let e = decode_pairs(&[("x-image-meta-created_at", bad)]).unwrap_err();
+            assert_eq!(e.0, "Invalid time format for created_at.", "{bad:?}");
+        }
+        let p = decode_pairs(&[("x-image-meta-updated_at", "2012-01-01T12:32:12")]).unwrap();
+        assert_eq!(p, MetaPatch::default());
+    }
+
+    #[test]
+    fn lengths_and_text_are_checked() {
+        assert!(decode_pairs(&[("x-image-meta-name", &"n".repeat(255))]).is_ok());
+        assert!(decode_pairs(&[("x-image-meta-name", &"n".repeat(256))]).is_err());
+        let e = decode_pairs(&[("x-image-meta-checksum", &"a".repeat(33))]).unwrap_err();
+        assert!(e.0.contains("can't exceed 32 characters"));
+        assert!(decode_pairs(&[("x-image-meta-name", "caf\u{e9}")]).is_ok());
+        assert!(decode_pairs(&[("x-image-meta-name", "\u{1F600}")]).is_err());
+        assert!(decode_pairs(&[("x-image-meta-property-p", "\u{1F600}")]).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-image-meta-name",
+            HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        );
+        assert!(decode(&h).is_err());
+    }
+
+    #[test]
+    fn repeated_fields_are_refused() {
+        assert!(decode_pairs(&[
+            ("x-image-meta-disk-format", "raw"),
+            ("x-image-meta-disk_format", "iso")
+        ])
+        .is_err());
+        assert!(decode_pairs(&[
+            ("x-image-meta-property-a-b", "1"),
+            ("x-image-meta-property-a_b", "2")
+        ])
+        .is_err());
+    }
+
+    fn formats() -> (Vec<String>, Vec<String>) {
+        (
+            crate::config::DEFAULT_DISK_FORMATS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            crate::config::DEFAULT_CONTAINER_FORMATS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn formats_and_amazon_pairing() {
+        let (d, c) = formats();
+        let mut p = decode_pairs(&[("x-image-meta-disk_format", "nope")]).unwrap();
+        assert_eq!(
+            validate_formats(&mut p, &d, &c).unwrap_err().0,
+            "Invalid disk format 'nope' for image."
+        );
+        let mut p = decode_pairs(&[("x-image-meta-container_format", "")]).unwrap();
+        assert!(validate_formats(&mut p, &d, &c).is_err());
+        let mut p = decode_pairs(&[("x-image-meta-container_format", "ami")]).unwrap();
+        validate_formats(&mut p, &d, &c).unwrap();
+        assert_eq!(p.disk_format, Some(Some("ami".into())));
+        let mut p = decode_pairs(&[
+            ("x-image-meta-container_format", "aki"),
+            ("x-image-meta-disk_format", "ari"),
+        ])
+        .unwrap();
+        assert!(validate_formats(&mut p, &d, &c)
+            .unwrap_err()
+            .0
+            .contains("Invalid mix of disk and container formats"));
+    }
+
+    #[test]
+    fn encode_omits_nulls_and_never_shows_a_location() {
+        let mut r = ImageRecord::new(
+            ImageId::parse("3c1b0d2e-aaaa-4bbb-8ccc-0123456789ab").unwrap(),
+            Timestamp::now(),
+        );
+        r.properties.insert("distro".into(), Some("Ubuntu".into()));
+        r.properties.insert("gone".into(), None);
+        r.location = Some(crate::model::StoredLocation {
+            store: "file".into(),
+            key: "secret-key".into(),
+        });
+        let mut h = HeaderMap::new();
+        encode(&r, &mut h);
+        assert_eq!(h["x-image-meta-is_public"], "False");
+        assert_eq!(h["x-image-meta-property-distro"], "Ubuntu");
+        assert!(!h.contains_key("x-image-meta-checksum"));
+        assert!(!h.contains_key("etag"));
+        assert!(!h.contains_key("x-image-meta-owner"));
+        assert!(!h.contains_key("x-image-meta-property-gone"));
+        assert!(!h.contains_key("x-image-meta-location"));
+        assert!(h
+            .values()
+            .all(|v| !v.as_bytes().windows(10).any(|w| w == b"secret-key")));
+        // What encode writes, decode reads back (for the writable fields).
+        r.checksum = Some("c2e5db72bd7fd153f53ede5da5a06de3".into());
+        let mut h = HeaderMap::new();
+        encode(&r, &mut h);
+        assert_eq!(h["etag"], "c2e5db72bd7fd153f53ede5da5a06de3");
+        let back = decode(&h).unwrap();
+        assert_eq!(back.checksum, Some(r.checksum.clone()));
+        assert_eq!(back.properties["distro"], Some("Ubuntu".into()));
+    }
+}

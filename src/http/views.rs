@@ -1,0 +1,181 @@
+//! JSON views of images and memberships, serialised as Glance did (`", "` and `": "`
+//! separators, so an empty list is exactly `{"images": []}`). Locations never appear here.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::ser::Formatter;
+
+use crate::model::ImageRecord;
+
+/// The eighteen keys of the full form, in a fixed order.
+#[derive(Serialize)]
+pub struct FullImage<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    status: &'a str,
+    size: u64,
+    virtual_size: Option<u64>,
+    disk_format: Option<&'a str>,
+    container_format: Option<&'a str>,
+    checksum: Option<&'a str>,
+    min_disk: u64,
+    min_ram: u64,
+    is_public: bool,
+    protected: bool,
+    owner: Option<&'a str>,
+    created_at: String,
+    updated_at: String,
+    deleted_at: Option<String>,
+    deleted: bool,
+    properties: &'a BTreeMap<String, Option<String>>,
+    /// Only for admins when `show_image_direct_url` is on: the credential-free location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+}
+
+/// The six keys of the brief form.
+#[derive(Serialize)]
+pub struct BriefImage<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    disk_format: Option<&'a str>,
+    container_format: Option<&'a str>,
+    checksum: Option<&'a str>,
+    size: u64,
+}
+
+pub fn full(record: &ImageRecord, direct_url: Option<String>) -> FullImage<'_> {
+    FullImage {
+        id: record.id.as_str(),
+        name: record.name.as_deref(),
+        status: record.status.as_str(),
+        size: record.size,
+        virtual_size: record.virtual_size,
+        disk_format: record.disk_format.as_deref(),
+        container_format: record.container_format.as_deref(),
+        checksum: record.checksum.as_deref(),
+        min_disk: record.min_disk,
+        min_ram: record.min_ram,
+        is_public: record.is_public,
+        protected: record.protected,
+        owner: record.owner.as_deref(),
+        created_at: record.created_at.render(),
+        updated_at: record.updated_at.render(),
+        deleted_at: record.deleted_at.map(|t| t.render()),
+        deleted: record.deleted,
+        properties: &record.properties,
+        location: direct_url,
+    }
+}
+
+pub fn brief(record: &ImageRecord) -> BriefImage<'_> {
+    BriefImage {
+        id: record.id.as_str(),
+        name: record.name.as_deref(),
+        disk_format: record.disk_format.as_deref(),
+        container_format: record.container_format.as_deref(),
+        checksum: record.checksum.as_deref(),
+        size: record.size,
+    }
+}
+
+#[derive(Serialize)]
+pub struct MemberView<'a> {
+    pub member_id: &'a str,
+    pub can_share: bool,
+}
+
+#[derive(Serialize)]
+pub struct SharedImageView<'a> {
+    pub image_id: &'a str,
+    pub can_share: bool,
+}
+
+/// serde_json's compact output with Python's separators.
+struct GlanceFormatter;
+
+impl Formatter for GlanceFormatter {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+pub fn to_json_bytes(value: &impl Serialize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GlanceFormatter);
+    value
+        .serialize(&mut ser)
+        .expect("views serialise to JSON without error");
+    out
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        to_json_bytes(value),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn separators_match_glance() {
+        assert_eq!(
+            to_json_bytes(&json!({"images": []})),
+            br#"{"images": []}"#.to_vec()
+        );
+        assert_eq!(
+            to_json_bytes(&json!({"a": [1, 2]})),
+            br#"{"a": [1, 2]}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn full_form_has_exactly_eighteen_keys() {
+        let r = ImageRecord::new(
+            crate::model::ImageId::random(),
+            crate::model::Timestamp::now(),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&full(&r, None))).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 18);
+        let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&brief(&r))).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 6);
+    }
+}

@@ -1,0 +1,18 @@
+//! glance-gateway: the OpenStack Glance v1 image API over a sled registry and file, S3 and Swift
+//! stores.
+
+pub mod access;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod listing;
+pub mod maintenance;
+pub mod model;
+pub mod registry;
+pub mod server;
+pub mod state;
+pub mod upload;
+
+pub use http::router;
+pub use server::{open_state, serve};

@@ -1,0 +1,253 @@
+//! The upload pipeline, the one place image data enters a store:
+//! queued → saving → stream through the running digest into the store → verify cap, quota,
+//! size and checksum → active. Any failure kills the image and removes partial data; an
+//! [`UploadGuard`] does the same when the request future is dropped (client disconnect).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use stores::{put_digested, ByteStream, ObjectKey, PutError, Store};
+
+use crate::error::{ApiError, ApiResult};
+use crate::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
+use crate::registry::{Registry, StoredImage};
+use crate::state::AppState;
+
+/// Kills the image and removes its partial data unless disarmed; runs on drop so a cancelled
+/// upload (the handler future dropped mid-body) is cleaned up too.
+struct UploadGuard {
+    registry: Registry,
+    store: Arc<dyn Store>,
+    image_id: ImageId,
+    key: ObjectKey,
+    armed: bool,
+}
+
+impl UploadGuard {
+    /// Removes the data and kills the image now, then disarms.
+    async fn fail(mut self) {
+        self.armed = false;
+        cleanup(&self.registry, &*self.store, &self.image_id, &self.key).await;
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (registry, store) = (self.registry.clone(), Arc::clone(&self.store));
+        let (id, key) = (self.image_id.clone(), self.key.clone());
+        tracing::warn!(image = %id, "upload interrupted; cleaning up");
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { cleanup(&registry, &*store, &id, &key).await });
+        }
+    }
+}
+
+async fn cleanup(registry: &Registry, store: &dyn Store, id: &ImageId, key: &ObjectKey) {
+    if let Err(e) = store.delete(key).await {
+        tracing::error!(image = %id, error = %e, "could not remove partial image data");
+    }
+    if let Err(e) = kill(registry, id, ImageStatus::Saving).await {
+        tracing::error!(image = %id, error = %e, "could not mark image killed");
+    }
+}
+
+/// Marks the image killed if it is still in `from` (a deleted image stays deleted).
+pub async fn kill(registry: &Registry, id: &ImageId, from: ImageStatus) -> ApiResult<()> {
+    let result = registry
+        .update::<ApiError, _>(id, move |s| {
+            if s.record.status == from {
+                s.record.status = ImageStatus::Killed;
+                s.record.location = None;
+                s.record.updated_at = Timestamp::now();
+            }
+            Ok(())
+        })
+        .await;
+    result.map(|_| ())
+}
+
+/// Bytes the owner may still store under `user_storage_quota` (`u64::MAX` when unlimited).
+/// Usage counts the owner's live images with data, except `except`.
+pub async fn remaining_quota(
+    state: &AppState,
+    owner: Option<&str>,
+    except: &ImageId,
+) -> ApiResult<u64> {
+    let quota = state.config.user_storage_quota;
+    if quota == 0 {
+        return Ok(u64::MAX);
+    }
+    let used: u64 = state
+        .registry
+        .all()
+        .await?
+        .iter()
+        .map(|s| &s.record)
+        .filter(|r| {
+            r.owner.as_deref() == owner
+                && &r.id != except
+                && !matches!(
+                    r.status,
+                    ImageStatus::Killed | ImageStatus::Deleted | ImageStatus::PendingDelete
+                )
+                && r.size > 0
+        })
+        .map(|r| r.size)
+        .sum();
+    Ok(quota.saturating_sub(used))
+}
+
+fn quota_exceeded(remaining: u64) -> ApiError {
+    ApiError::too_large(format!(
+        "Denying attempt to upload image because it exceeds the quota: {remaining} bytes remaining"
+    ))
+}
+
+/// Streams `body` into `store` as the data of the queued image `id` and activates it.
+/// `content_length` is the request's declared body length, if any.
+pub async fn upload(
+    state: &AppState,
+    id: &ImageId,
+    store: Arc<dyn Store>,
+    body: ByteStream,
+    content_length: Option<u64>,
+) -> ApiResult<ImageRecord> {
+    let key = ObjectKey::parse(id.as_str()).expect("image ids are valid object keys");
+    let location = StoredLocation {
+        store: store.name().to_string(),
+        key: key.to_string(),
+    };
+    let saving = state
+        .registry
+        .update::<ApiError, _>(id, move |s| {
+            if s.record.status != ImageStatus::Queued {
+                return Err(ApiError::conflict("Cannot upload to an unqueued image"));
+            }
+            s.record.status = ImageStatus::Saving;
+            s.record.location = Some(location.clone());
+            s.record.updated_at = Timestamp::now();
+            Ok(())
+        })
+        .await?
+        .record;
+    let guard = UploadGuard {
+        registry: state.registry.clone(),
+        store: Arc::clone(&store),
+        image_id: id.clone(),
+        key: key.clone(),
+        armed: true,
+    };
+
+    let expected_size = (saving.size > 0).then_some(saving.size);
+    let remaining = match remaining_quota(state, saving.owner.as_deref(), id).await {
+        Ok(r) => r,
+        Err(e) => {
+            guard.fail().await;
+            return Err(e);
+        }
+    };
+    if let Some(declared) = expected_size.or(content_length) {
+        if declared > remaining {
+            guard.fail().await;
+            return Err(quota_exceeded(remaining));
+        }
+    }
+    let cap = state.config.image_size_cap;
+    let limit = cap.min(remaining);
+    let stored =
+        match put_digested(&*store, &key, body, expected_size.or(content_length), limit).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                guard.fail().await;
+                return Err(match e {
+                    PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
+                    PutError::TooLarge { .. } => {
+                        ApiError::too_large(format!("Image exceeds the size limit of {cap} bytes"))
+                    }
+                    other => other.into(),
+                });
+            }
+        };
+
+    if let Some(expected) = expected_size {
+        if expected != stored.size {
+            guard.fail().await;
+            return Err(ApiError::bad_request(format!(
+                "Supplied image size ({expected}) does not match the size of the image data ({})",
+                stored.size
+            )));
+        }
+    }
+    let md5 = stored.md5_hex();
+    if let Some(expected) = &saving.checksum {
+        if *expected != md5 {
+            guard.fail().await;
+            return Err(ApiError::bad_request(format!(
+                "Supplied checksum ({expected}) and checksum generated from uploaded image ({md5}) did not match. Setting image status to 'killed'."
+            )));
+        }
+    }
+
+    let size = stored.size;
+    let activated = state
+        .registry
+        .update::<ApiError, _>(id, move |s| {
+            if s.record.status != ImageStatus::Saving {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "Image was deleted while it was being uploaded.",
+                ));
+            }
+            s.record.status = ImageStatus::Active;
+            s.record.size = size;
+            s.record.checksum = Some(md5.clone());
+            s.record.updated_at = Timestamp::now();
+            Ok(())
+        })
+        .await;
+    match activated {
+        Ok(s) => {
+            guard.disarm();
+            Ok(s.record)
+        }
+        Err(e) => {
+            guard.fail().await;
+            Err(e)
+        }
+    }
+}
+
+/// Startup recovery: images a crash left in `saving` become `killed` and their partial data is
+/// removed.
+pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
+    let mut recovered = 0;
+    for StoredImage { record, .. } in state.registry.all().await? {
+        if record.status != ImageStatus::Saving {
+            continue;
+        }
+        if let Some(loc) = &record.location {
+            match (state.stores.get(&loc.store), ObjectKey::parse(&loc.key)) {
+                (Some(store), Some(key)) => {
+                    if let Err(e) = store.delete(&key).await {
+                        tracing::error!(image = %record.id, error = %e, "could not remove partial data");
+                    }
+                }
+                _ => {
+                    tracing::warn!(image = %record.id, store = %loc.store, "partial data in an unconfigured store left alone")
+                }
+            }
+        }
+        kill(&state.registry, &record.id, ImageStatus::Saving)
+            .await
+            .map_err(|e| anyhow::anyhow!("killing {}: {}", record.id, e.message))?;
+        recovered += 1;
+    }
+    Ok(recovered)
+}
