@@ -3,6 +3,7 @@
 //! caller may see. Data uploads are handed to `upload`.
 
 use stores::{ByteStream, ObjectKey};
+use url::Url;
 
 use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -40,8 +41,25 @@ pub async fn find_visible(state: &AppState, caller: &Caller, id: &str) -> ApiRes
     Ok(image)
 }
 
-/// Checks done before anything is created or changed (POST steps 1–8, PUT steps 1–2).
-fn precheck(state: &AppState, caller: &Caller, req: &mut WriteRequest) -> ApiResult<()> {
+/// The external sources a request names, validated.
+#[derive(Default)]
+struct ExternalSources {
+    location: Option<Url>,
+    copy_from: Option<Url>,
+}
+
+impl ExternalSources {
+    fn first(&self) -> Option<&Url> {
+        self.location.as_ref().or(self.copy_from.as_ref())
+    }
+}
+
+/// Checks done before anything is created or changed (POST steps 1–8, PUT steps 1–2, 8).
+fn precheck(
+    state: &AppState,
+    caller: &Caller,
+    req: &mut WriteRequest,
+) -> ApiResult<ExternalSources> {
     let config = &state.config;
     validate_formats(
         &mut req.patch,
@@ -57,24 +75,23 @@ fn precheck(state: &AppState, caller: &Caller, req: &mut WriteRequest) -> ApiRes
     }
     caller.check_writable()?;
     caller.check_publicize(req.patch.is_public == Some(true))?;
-    if let Some(location) = &req.patch.location {
-        return Err(external_source_refused(location));
-    }
-    if let Some(url) = &req.copy_from {
-        return Err(external_source_refused(url));
-    }
+    let sources = ExternalSources {
+        location: req
+            .patch
+            .location
+            .as_deref()
+            .map(|l| state.remote.validate(l))
+            .transpose()?,
+        copy_from: req
+            .copy_from
+            .as_deref()
+            .map(|l| state.remote.validate(l))
+            .transpose()?,
+    };
     if let Some(store) = &req.patch.store {
         state.store_for(Some(store))?;
     }
-    Ok(())
-}
-
-fn external_source_refused(url: &str) -> ApiError {
-    if url.is_empty() {
-        ApiError::bad_request("External source should not be empty")
-    } else {
-        ApiError::bad_request(format!("External sources are not supported: '{url}'"))
-    }
+    Ok(sources)
 }
 
 fn check_property_quota(state: &AppState, count: usize) -> ApiResult<()> {
@@ -160,13 +177,97 @@ async fn upload_data(
     upload::upload(state, &record.id, store, data.body, data.content_length).await
 }
 
+/// Attaches the data of a queued image: the body, an external location, or a copy source.
+async fn attach_source(
+    state: &AppState,
+    record: ImageRecord,
+    req: WriteRequest,
+    sources: ExternalSources,
+    probed_size: Option<u64>,
+) -> ApiResult<ImageRecord> {
+    let count = u8::from(req.data.is_some())
+        + u8::from(sources.location.is_some())
+        + u8::from(sources.copy_from.is_some());
+    if count > 1 {
+        return Err(ApiError::bad_request(
+            "It's invalid to provide multiple image sources.",
+        ));
+    }
+    let store_name = req.patch.store.as_deref();
+    if let Some(data) = req.data {
+        return upload_data(state, &record, store_name, data).await;
+    }
+    if let Some(url) = sources.location {
+        require_formats(&record)?;
+        let remote_size = match probed_size {
+            Some(s) => Some(s),
+            None => state.remote.probe_size(&url).await?,
+        };
+        let supplied = req.patch.size.filter(|s| *s > 0);
+        if let (Some(supplied), Some(remote)) = (supplied, remote_size.filter(|s| *s > 0)) {
+            if supplied != remote {
+                return Err(ApiError::conflict(format!(
+                    "Provided image size must match the stored image size. (provided size: {supplied}, stored size: {remote})"
+                )));
+            }
+        }
+        let size = supplied.or(remote_size).unwrap_or(0);
+        let url = url.to_string();
+        return Ok(state
+            .registry
+            .update::<ApiError, _>(&record.id, move |s| {
+                if s.record.status != ImageStatus::Queued {
+                    return Err(ApiError::conflict("Cannot upload to an unqueued image"));
+                }
+                s.record.status = ImageStatus::Active;
+                s.record.remote_url = Some(url.clone());
+                s.record.size = size;
+                s.record.updated_at = Timestamp::now();
+                Ok(())
+            })
+            .await?
+            .record);
+    }
+    if let Some(url) = sources.copy_from {
+        let store = state.store_for(store_name)?;
+        tokio::spawn(copy_in_background(
+            state.clone(),
+            record.id.clone(),
+            url,
+            store,
+        ));
+    }
+    Ok(record)
+}
+
+/// Copy-from: fetch the URL and run the upload pipeline; the client polls for the outcome.
+async fn copy_in_background(
+    state: AppState,
+    id: ImageId,
+    url: Url,
+    store: std::sync::Arc<dyn stores::Store>,
+) {
+    let outcome = match state.remote.open(&url).await {
+        Ok((body, len)) => upload::upload(&state, &id, store, body, len)
+            .await
+            .map(|_| ()),
+        Err(e) => upload::kill(&state.registry, &id, ImageStatus::Queued)
+            .await
+            .and(Err(e)),
+    };
+    match outcome {
+        Ok(()) => tracing::info!(image = %id, "copy from external source finished"),
+        Err(e) => tracing::warn!(image = %id, error = %e, "copy from external source failed"),
+    }
+}
+
 /// `POST /v1/images`.
 pub async fn create(
     state: &AppState,
     caller: &Caller,
     mut req: WriteRequest,
 ) -> ApiResult<ImageRecord> {
-    precheck(state, caller, &mut req)?;
+    let sources = precheck(state, caller, &mut req)?;
     check_property_quota(state, req.patch.properties.len())?;
     let id = match &req.patch.id {
         Some(text) => {
@@ -174,18 +275,26 @@ pub async fn create(
         }
         None => ImageId::random(),
     };
-    let now = Timestamp::now();
-    let mut record = ImageRecord::new(id, now);
+    // The remote size is asked before anything is created: a missing object creates nothing.
+    let probed_size = match (sources.first(), req.patch.size) {
+        (Some(url), None) => state.remote.probe_size(url).await?,
+        _ => None,
+    };
+    let mut record = ImageRecord::new(id, Timestamp::now());
     record.owner = caller.owner.clone();
     apply_patch(&mut record, &req.patch, caller, true);
-    if req.patch.size == Some(0) && req.data.is_none() {
+    if record.size == 0 {
+        record.size = probed_size.unwrap_or(0);
+    }
+    let has_source = req.data.is_some() || sources.first().is_some();
+    if req.patch.size == Some(0) && !has_source {
         record.status = ImageStatus::Active;
     }
     let record = state.registry.insert_new(record).await?;
-    match req.data {
-        None => Ok(record),
-        Some(data) => upload_data(state, &record, req.patch.store.as_deref(), data).await,
+    if !has_source {
+        return Ok(record);
     }
+    attach_source(state, record, req, sources, probed_size).await
 }
 
 /// `PUT /v1/images/{id}`.
@@ -195,7 +304,7 @@ pub async fn update(
     id: &str,
     mut req: WriteRequest,
 ) -> ApiResult<ImageRecord> {
-    precheck(state, caller, &mut req)?;
+    let sources = precheck(state, caller, &mut req)?;
     let image = find_visible(state, caller, id).await?;
     let current = &image.record;
     if current.status.is_deleted() {
@@ -244,6 +353,11 @@ pub async fn update(
     if req.data.is_some() && current.status != ImageStatus::Queued {
         return Err(ApiError::conflict("Cannot upload to an unqueued image"));
     }
+    if sources.first().is_some() && current.status != ImageStatus::Queued {
+        return Err(ApiError::bad_request(
+            "Attempted to update Location field for an image not in queued status.",
+        ));
+    }
     // Properties are never purged by a PUT that uploads data.
     let purge = req.purge_props && req.data.is_none();
     let property_count = if purge {
@@ -270,13 +384,14 @@ pub async fn update(
         })
         .await?
         .record;
-    match req.data {
-        Some(data) if updated.status == ImageStatus::Queued => {
-            upload_data(state, &updated, req.patch.store.as_deref(), data).await
-        }
-        Some(_) => Err(ApiError::conflict("Cannot upload to an unqueued image")),
-        None => Ok(updated),
+    let has_source = req.data.is_some() || sources.first().is_some();
+    if !has_source {
+        return Ok(updated);
     }
+    if updated.status != ImageStatus::Queued {
+        return Err(ApiError::conflict("Cannot upload to an unqueued image"));
+    }
+    attach_source(state, updated, req, sources, None).await
 }
 
 /// `DELETE /v1/images/{id}`.

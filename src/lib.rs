@@ -10,6 +10,7 @@ pub mod listing;
 pub mod maintenance;
 pub mod model;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod state;
 pub mod upload;

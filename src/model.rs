@@ -129,6 +129,9 @@ pub struct ImageRecord {
     pub properties: BTreeMap<String, Option<String>>,
     /// Internal only: never rendered to clients.
     pub location: Option<StoredLocation>,
+    /// An external `http(s)` location the data is read from (never deleted by us).
+    #[serde(default)]
+    pub remote_url: Option<String>,
 }
 
 impl ImageRecord {
@@ -153,6 +156,7 @@ impl ImageRecord {
             deleted: false,
             properties: BTreeMap::new(),
             location: None,
+            remote_url: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::remote::RemoteClient;
 use crate::state::AppState;
 use crate::{maintenance, router, upload};
 
@@ -44,10 +45,12 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         }
         stores.insert(store);
     }
+    let remote = RemoteClient::new(config.remote_sources, &[])?;
     let state = AppState {
         config: Arc::new(config),
         registry,
         stores: Arc::new(stores),
+        remote,
     };
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {

@@ -7,12 +7,14 @@ use stores::{Store, Stores};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::Registry;
+use crate::remote::RemoteClient;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub stores: Arc<Stores>,
+    pub remote: RemoteClient,
 }
 
 impl AppState {

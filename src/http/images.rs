@@ -94,7 +94,8 @@ pub async fn show(ctx: &Ctx, id: &str) -> ApiResult<Response> {
     };
     // An empty image has no data in any store.
     let (status, body, length, content_range) = match (&record.location, record.size) {
-        (_, 0) | (None, _) => (StatusCode::OK, Body::empty(), 0, None),
+        (_, 0) => (StatusCode::OK, Body::empty(), 0, None),
+        (None, _) => return remote_download(ctx, &record, headers).await,
         (Some(loc), _) => {
             let store = ctx.state.store_named(&loc.store)?;
             let key = ObjectKey::parse(&loc.key)
@@ -122,6 +123,34 @@ pub async fn show(ctx: &Ctx, id: &str) -> ApiResult<Response> {
     }
     let mut response = Response::new(body);
     *response.status_mut() = status;
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
+
+/// Streams an image whose data sits at an external location (served whole, no ranges).
+async fn remote_download(
+    ctx: &Ctx,
+    record: &ImageRecord,
+    mut headers: HeaderMap,
+) -> ApiResult<Response> {
+    let url = record
+        .remote_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .ok_or_else(|| ApiError::not_found("Image data could not be found."))?;
+    let (body, len) = ctx.state.remote.open(&url).await.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            e
+        } else {
+            ApiError::unavailable("The external image location is unavailable.")
+        }
+    })?;
+    headers.remove(header::ACCEPT_RANGES);
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(len.unwrap_or(record.size)),
+    );
+    let mut response = Response::new(Body::from_stream(body.map_err(axum::Error::new)));
     response.headers_mut().extend(headers);
     Ok(response)
 }
