@@ -2,10 +2,12 @@
 # Starts and stops a local S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1 for the
 # S3 store's tests and CI.
 #
-# usage: scripts/s3-backend.sh start     install if missing, start on a fresh data dir, create the
-#                                        bucket, print the GATEWAY_TEST_S3_* exports
-#        scripts/s3-backend.sh stop      stop the server (keeps its data dir)
-#        scripts/s3-backend.sh restart   stop, then start again on the SAME data dir (objects kept)
+# usage: scripts/s3-backend.sh start     install if missing; unless already running, start on a
+#                                        FRESH data dir; create the bucket; print the exports
+#        scripts/s3-backend.sh stop      stop the server (its data dir stays)
+#        scripts/s3-backend.sh resume    start again on the existing data dir (objects kept), for
+#                                        tests that stop the backend mid-upload and bring it back
+#        scripts/s3-backend.sh restart   stop, then resume
 #        scripts/s3-backend.sh env       print the exports only
 #        scripts/s3-backend.sh status    exit 0 when the server answers
 #
@@ -144,16 +146,21 @@ case "${1:-}" in
     create_bucket
     print_env
     ;;
-  restart)
+  resume|restart)
     install
-    stop
-    write_credentials
-    launch
+    [ "$1" = restart ] && stop
+    if running_pid >/dev/null && ready; then
+      log "already running on $ENDPOINT"
+    else
+      stop
+      write_credentials
+      launch
+    fi
     create_bucket
     print_env
     ;;
   stop) stop ;;
   env) print_env ;;
   status) running_pid >/dev/null && ready ;;
-  *) echo "usage: $0 start|stop|restart|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|resume|restart|env|status" >&2; exit 2 ;;
 esac

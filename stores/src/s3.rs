@@ -45,6 +45,8 @@ const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * MIB;
 /// 16 MiB digest does not stall the runtime.
 const INLINE_MD5_LIMIT: usize = 256 * 1024;
 const CONTENT_TYPE: &str = "application/octet-stream";
+/// How long a failed put waits for its abort before leaving the upload to the sweep.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn default_part_size() -> u64 {
     16 * MIB
@@ -821,7 +823,16 @@ impl Multipart {
     /// did (a failed abort is logged, and the sweep catches the upload later).
     async fn fail(&mut self, original: StoreError) -> StoreError {
         self.in_flight.shutdown().await;
-        if let Err(e) = self.inner.abort_upload(&self.full, &self.upload_id).await {
+        let abort = self.inner.abort_upload(&self.full, &self.upload_id);
+        // The client is waiting for its error; a hung backend must not hold it for long.
+        let result = match tokio::time::timeout(ABORT_TIMEOUT, abort).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::unavailable(
+                self.inner.store(),
+                "AbortMultipartUpload: timed out",
+            )),
+        };
+        if let Err(e) = result {
             self.inner.log_failed_abort(&self.full, &self.upload_id, &e);
         }
         self.armed = false;
@@ -1379,6 +1390,24 @@ mod tests {
         );
     }
 
+    /// The compose setup's config: its store tables are what the gateway hands to this crate.
+    #[test]
+    fn compose_gateway_config_parses() {
+        #[derive(Deserialize)]
+        struct GatewayToml {
+            stores: std::collections::BTreeMap<String, crate::StoreConfig>,
+        }
+        let parsed: GatewayToml =
+            toml::from_str(include_str!("../../minio-fixtures/gateway.toml")).unwrap();
+        let crate::StoreConfig::S3(s3) = &parsed.stores["s3"] else {
+            panic!("stores.s3 is not an S3 store");
+        };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(s3.bucket, "images");
+        s3.validate(&StoreName::parse("s3").unwrap()).unwrap();
+        assert_eq!(parsed.stores["file"].kind(), "file");
+    }
+
     #[test]
     fn config_from_toml_keys() {
         let c: S3StoreConfig = serde_json::from_value(serde_json::json!({
@@ -1397,8 +1426,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.request_checksum, RequestChecksum::WhenSupported);
         let c: crate::StoreConfig =
-            serde_json::from_value(serde_json::json!({"kind": "s3", "bucket": "images"}))
-                .unwrap();
+            serde_json::from_value(serde_json::json!({"kind": "s3", "bucket": "images"})).unwrap();
         assert_eq!(c.kind(), "s3");
         assert!(serde_json::from_value::<S3StoreConfig>(
             serde_json::json!({"bucket": "b", "buckett": "x"})
