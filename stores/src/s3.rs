@@ -476,6 +476,15 @@ impl Inner {
     {
         let store = self.store();
         match &err {
+            // Resolving credentials happens while dispatching: say so, not "unreachable".
+            SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+                if credentials_failed(&err) =>
+            {
+                StoreError::Forbidden {
+                    store: store.to_owned(),
+                    message: format!("{op}: no usable credentials: {}", chain(&err)),
+                }
+            }
             SdkError::DispatchFailure(failure) => {
                 let what = if failure.is_timeout() {
                     "timed out reaching"
@@ -494,16 +503,7 @@ impl Inner {
                 format!("{op}: timed out waiting for {}", self.endpoint_label),
             ),
             SdkError::ConstructionFailure(_) => {
-                let detail = chain(&err);
-                // The usual cause: the AWS credential chain found nothing.
-                if detail.to_ascii_lowercase().contains("credential") {
-                    StoreError::Forbidden {
-                        store: store.to_owned(),
-                        message: format!("{op}: no usable credentials: {detail}"),
-                    }
-                } else {
-                    StoreError::other(store, format!("{op}: request not built: {detail}"))
-                }
+                StoreError::other(store, format!("{op}: request not built: {}", chain(&err)))
             }
             _ => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
@@ -693,6 +693,18 @@ impl Inner {
             "aborting a multipart upload failed; the incomplete-upload sweep will remove it"
         );
     }
+}
+
+/// True when the credential provider failed (nothing found in the chain, metadata refused).
+fn credentials_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Display of an error and its sources, joined with ": ".
@@ -1167,17 +1179,20 @@ impl Store for S3Store {
             .bucket(&inner.bucket)
             .send()
             .await
-            .map_err(|e| match inner.map_err("HeadBucket", None, e) {
-                // A HEAD answer has no body to explain a 403.
-                StoreError::Forbidden { store, .. } => StoreError::Forbidden {
-                    store,
-                    message: format!(
-                        "HeadBucket: access to bucket {} denied: wrong credentials, or no \
-                         permission on the bucket",
-                        inner.bucket
-                    ),
-                },
-                other => other,
+            .map_err(|e| {
+                let denied = e.raw_response().map(|r| r.status().as_u16()) == Some(403);
+                match inner.map_err("HeadBucket", None, e) {
+                    // A HEAD answer has no body to explain its 403.
+                    StoreError::Forbidden { store, .. } if denied => StoreError::Forbidden {
+                        store,
+                        message: format!(
+                            "HeadBucket: access to bucket {} denied: wrong credentials, or no \
+                             permission on the bucket",
+                            inner.bucket
+                        ),
+                    },
+                    other => other,
+                }
             })?;
         Ok(())
     }

@@ -516,3 +516,20 @@ async fn debug_and_describe_carry_no_secret() {
         format!("s3://{}/{prefix}{key}", env.bucket)
     );
 }
+
+#[tokio::test]
+async fn no_credentials_at_all_is_forbidden() {
+    let env = s3_env!();
+    let mut c = config(&env, &unique_prefix("nocreds"));
+    c.access_key_id = None;
+    c.secret_access_key = None;
+    // The standard chain: make sure the environment offers nothing either.
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some()
+    {
+        eprintln!("skipping: AWS credentials in the environment");
+        return;
+    }
+    let err = open(&c).await.health_check().await.unwrap_err();
+    eprintln!("health check without credentials: {err}");
+    assert!(matches!(err, StoreError::Forbidden { .. }), "{err:?}");
+}
