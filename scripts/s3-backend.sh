@@ -75,6 +75,13 @@ JSON
   chmod 600 "$DIR/s3.json"
 }
 
+ensure_port_free() {
+  if curl -s -o /dev/null --max-time 2 "$ENDPOINT/"; then
+    log "port $PORT is taken by a server this script did not start (pid file: $PIDFILE)"
+    exit 1
+  fi
+}
+
 launch() {
   mkdir -p "$DIR/data"
   nohup "$WEED" mini -dir="$DIR/data" \
@@ -138,6 +145,7 @@ case "${1:-}" in
       log "already running on $ENDPOINT"
     else
       stop
+      ensure_port_free
       # A fresh data dir each start: weed re-applies options saved in an old one.
       rm -rf "$DIR/data"
       write_credentials
@@ -153,6 +161,7 @@ case "${1:-}" in
       log "already running on $ENDPOINT"
     else
       stop
+      ensure_port_free
       write_credentials
       launch
     fi

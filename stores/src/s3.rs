@@ -1058,7 +1058,8 @@ impl Store for S3Store {
                 let err = upload.fail(e).await;
                 if upload.completing {
                     // Complete may have succeeded with its answer lost (the SDK's retry then
-                    // gets NoSuchUpload): make sure no object survives a failed put.
+                    // gets NoSuchUpload): make sure no object survives a failed put. Keys are
+                    // written once (image ids), so no older object is lost by this.
                     if let Err(e) = inner
                         .client
                         .delete_object()
@@ -1171,6 +1172,7 @@ impl Store for S3Store {
         Ok(())
     }
 
+    #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
     async fn health_check(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         inner
@@ -1228,6 +1230,7 @@ impl Store for S3Store {
         Ok(out)
     }
 
+    #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
     async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
         let inner = &self.inner;
         let cutoff = SystemTime::now()
