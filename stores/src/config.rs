@@ -6,19 +6,25 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::file::{FileStore, FileStoreConfig};
+use crate::s3::{S3Store, S3StoreConfig};
 use crate::{Store, StoreError, StoreName};
 
 /// One `[stores.<name>]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// Parsed once at startup and kept in a handful of copies: size does not matter, plain variants
+// keep configs easy to build in code.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     File(FileStoreConfig),
+    S3(S3StoreConfig),
 }
 
 impl StoreConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::File(_) => "file",
+            Self::S3(_) => "s3",
         }
     }
 }
@@ -31,5 +37,6 @@ pub async fn open_store(
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config {
         StoreConfig::File(c) => Arc::new(FileStore::open(name, c).await?),
+        StoreConfig::S3(c) => Arc::new(S3Store::open(name, c).await?),
     })
 }
