@@ -1,0 +1,5 @@
+//! HTTP integration tests: a real gateway per test, spoken to over real HTTP.
+
+mod common;
+
+mod versions;
