@@ -1,5 +1,13 @@
-//! HTTP integration tests: a real gateway per test, spoken to over real HTTP.
+//! HTTP integration tests: a real gateway per test, spoken to over real HTTP. One binary, so the
+//! crate is linked once; the modules live in `tests/api/`.
 
 mod common;
 
+#[path = "api/create.rs"]
+mod create;
+#[path = "api/listing.rs"]
+mod listing;
+#[path = "api/read.rs"]
+mod read;
+#[path = "api/versions.rs"]
 mod versions;
