@@ -3,11 +3,17 @@
 
 mod common;
 
+#[path = "api/codec.rs"]
+mod codec;
 #[path = "api/create.rs"]
 mod create;
 #[path = "api/listing.rs"]
 mod listing;
+#[path = "api/quotas.rs"]
+mod quotas;
 #[path = "api/read.rs"]
 mod read;
+#[path = "api/update_delete.rs"]
+mod update_delete;
 #[path = "api/versions.rs"]
 mod versions;
