@@ -7,8 +7,12 @@ mod common;
 mod codec;
 #[path = "api/create.rs"]
 mod create;
+#[path = "api/identity.rs"]
+mod identity;
 #[path = "api/listing.rs"]
 mod listing;
+#[path = "api/members.rs"]
+mod members;
 #[path = "api/quotas.rs"]
 mod quotas;
 #[path = "api/read.rs"]
