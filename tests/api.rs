@@ -7,6 +7,8 @@ mod common;
 mod codec;
 #[path = "api/create.rs"]
 mod create;
+#[path = "api/failures.rs"]
+mod failures;
 #[path = "api/identity.rs"]
 mod identity;
 #[path = "api/listing.rs"]

@@ -229,7 +229,7 @@ async fn filters_combine_and_match_exactly() {
     );
     // Detail takes the same filters.
     assert_eq!(
-        list_ids(&app, &format!("/v1/images/detail?name=alpha"), None).await,
+        list_ids(&app, "/v1/images/detail?name=alpha", None).await,
         vec![a]
     );
 }

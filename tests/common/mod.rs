@@ -350,8 +350,10 @@ impl TestApp {
 
     /// Polls the registry until the image has `status` (or panics after ~10 s).
     pub async fn wait_for_status(&self, id: &str, status: &str) {
+        let parsed = ImageId::parse(id).expect("uuid");
         for _ in 0..200 {
-            if self.status_of(id).await == status {
+            let found = self.state().registry.get(&parsed).await.expect("registry");
+            if found.is_some_and(|s| s.record.status.as_str() == status) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
