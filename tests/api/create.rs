@@ -44,6 +44,14 @@ async fn reserve_creates_a_queued_record_with_an_absolute_v1_location() {
     assert_eq!(id, id.to_lowercase());
     assert_eq!(&id[14..15], "4");
     assert_eq!(app.status_of(id).await, "queued");
+    // Whatever path the POST used, the Location is the /v1 form.
+    for path in ["/v1.1/images", "/images/"] {
+        let resp = app.post(path).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+        let location = header(&resp, "location").unwrap();
+        let id = json(resp).await["image"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(location, format!("{}/v1/images/{id}", app.base));
+    }
 }
 
 #[tokio::test]

@@ -276,3 +276,97 @@ async fn records_and_data_survive_a_restart() {
         409
     );
 }
+
+#[tokio::test]
+async fn a_second_upload_to_an_image_being_saved_is_409() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create_image(
+            &[
+                ("x-image-meta-disk_format", "raw"),
+                ("x-image-meta-container_format", "bare"),
+            ],
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = app.connect().await;
+    let head = format!(
+        "PUT /v1/images/{id} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"5\r\nfirst\r\n").await.unwrap();
+    app.wait_for_status(&id, "saving").await;
+    let (code, body) = send(
+        app.put(&format!("/v1/images/{id}"))
+            .header("content-type", "application/octet-stream")
+            .body("second"),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let resp = read_response(&mut stream).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = app
+        .get(&format!("/v1/images/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), b"first");
+}
+
+#[tokio::test]
+async fn killed_images_accept_no_data() {
+    let app = TestApp::spawn().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (code, _) = send(
+        app.post("/v1/images")
+            .header("x-image-meta-id", &id)
+            .header("x-image-meta-disk_format", "raw")
+            .header("x-image-meta-container_format", "bare")
+            .header("x-image-meta-size", "3")
+            .header("content-type", "application/octet-stream")
+            .body("four"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(app.status_of(&id).await, "killed");
+    let (code, _) = send(
+        app.put(&format!("/v1/images/{id}"))
+            .header("content-type", "application/octet-stream")
+            .body("abc"),
+    )
+    .await;
+    assert_eq!(code, 409);
+    // Metadata may still change, and the image can be deleted.
+    assert_eq!(
+        status(
+            app.put(&format!("/v1/images/{id}"))
+                .header("x-image-meta-name", "dead")
+        )
+        .await,
+        200
+    );
+    let resp = app.head(&format!("/v1/images/{id}")).send().await.unwrap();
+    assert_eq!(
+        header(&resp, "x-image-meta-status").as_deref(),
+        Some("killed")
+    );
+    assert_eq!(status(app.delete(&format!("/v1/images/{id}"))).await, 200);
+}
+
+#[tokio::test]
+async fn non_utf8_header_values_are_400_not_500() {
+    let app = TestApp::spawn().await;
+    let mut req = b"POST /v1/images HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\nx-image-meta-name: ".to_vec();
+    req.extend_from_slice(b"\xff\xfe\r\n\r\n");
+    let resp = app.raw(&req).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(app.state().registry.all().await.unwrap().is_empty());
+}

@@ -482,3 +482,32 @@ async fn members_by_user_when_owner_is_not_tenant() {
         vec![id.to_owned()]
     );
 }
+
+#[tokio::test]
+async fn can_share_words_and_shared_images_head() {
+    let Setup { app, owner, id } = setup().await;
+    let members = format!("/v1/images/{id}/members");
+    let body = json!({"memberships": [
+        {"member_id": "a", "can_share": "false"},
+        {"member_id": "b", "can_share": "yes"},
+        {"member_id": "c", "can_share": 1}
+    ]});
+    assert_eq!(status(app.put(&members).who(&owner).json(&body)).await, 204);
+    let list = json(app.get(&members).who(&owner).send().await.unwrap()).await;
+    assert_eq!(
+        list,
+        json!({"members": [
+            {"member_id": "a", "can_share": false},
+            {"member_id": "b", "can_share": true},
+            {"member_id": "c", "can_share": true}
+        ]})
+    );
+    let resp = app
+        .head("/v1/shared-images/a")
+        .who(&owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.bytes().await.unwrap().is_empty());
+}

@@ -433,3 +433,60 @@ async fn the_scrubber_finishes_delayed_deletes() {
     assert_eq!(app.status_of(&id).await, "deleted");
     assert!(!app.object_path(&id).exists());
 }
+
+#[tokio::test]
+async fn store_is_validated_on_put_even_without_data() {
+    let app = TestApp::spawn().await;
+    let id = queued(&app, &[]).await;
+    let (code, body) = send(
+        app.put(&format!("/v1/images/{id}"))
+            .header("x-image-meta-store", "nowhere"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body.contains("Required store nowhere is invalid"), "{body}");
+    assert_eq!(
+        status(
+            app.put(&format!("/v1/images/{id}"))
+                .header("x-image-meta-store", "file")
+        )
+        .await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn put_upload_refusals_cap_and_content_type() {
+    let app = TestApp::builder().image_size_cap(10).spawn().await;
+    let id = queued(
+        &app,
+        &[
+            ("x-image-meta-disk_format", "raw"),
+            ("x-image-meta-container_format", "bare"),
+            ("x-image-meta-name", "n"),
+        ],
+    )
+    .await;
+    let path = format!("/v1/images/{id}");
+    // Declared over the cap: 400 before anything changes.
+    let (code, _) = send(
+        app.put(&path)
+            .header("x-image-meta-name", "changed")
+            .header("content-type", "application/octet-stream")
+            .body(vec![0u8; 11]),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let rec = app.record(&id).await;
+    assert_eq!(rec.status.as_str(), "queued");
+    assert_eq!(rec.name.as_deref(), Some("n"));
+    // Wrong content type: 400 and killed.
+    let (code, body) = send(
+        app.put(&path)
+            .header("content-type", "text/plain")
+            .body("abc"),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(app.status_of(&id).await, "killed");
+}
