@@ -443,3 +443,38 @@ async fn no_method_override() {
     );
     assert_eq!(app.status_of(&id).await, "active");
 }
+
+#[tokio::test]
+async fn header_aliases_and_role_spelling() {
+    let app = TestApp::builder().trusted_headers().spawn().await;
+    let img = json(
+        app.post("/v1/images")
+            .header("x-identity-status", "Confirmed")
+            .header("x-tenant", "legacy")
+            .header("x-roles", " Member , ADMIN ")
+            .header("x-image-meta-is_public", "true")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(img["image"]["owner"], "legacy");
+    assert_eq!(img["image"]["is_public"], true);
+}
+
+#[tokio::test]
+async fn head_errors_have_no_body() {
+    let app = TestApp::spawn().await;
+    let missing = uuid::Uuid::new_v4();
+    let resp = app
+        .raw(format!("HEAD /v1/images/{missing} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(resp.status, 404);
+    assert!(resp.body.is_empty(), "{}", resp.text());
+    let resp = app
+        .raw(b"HEAD /v1/images/detail HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(resp.status, 405);
+    assert_eq!(resp.header("allow"), Some("GET"));
+    assert!(resp.body.is_empty());
+}

@@ -672,3 +672,33 @@ async fn non_admin_lists_public_own_and_shared() {
         vec![a_pub, b_shared]
     );
 }
+
+#[tokio::test]
+async fn null_names_sort_as_empty_strings_and_work_as_markers() {
+    let app = TestApp::spawn().await;
+    let named = app.public_image("a", b"x").await;
+    let unnamed = app
+        .create_image(&[("x-image-meta-is_public", "true")], None)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let asc = "/v1/images?sort_key=name&sort_dir=asc";
+    assert_eq!(
+        list_ids(&app, asc, None).await,
+        vec![unnamed.clone(), named.clone()]
+    );
+    assert_eq!(
+        list_ids(&app, &format!("{asc}&marker={unnamed}"), None).await,
+        vec![named.clone()]
+    );
+    assert_eq!(
+        list_ids(
+            &app,
+            &format!("/v1/images?sort_key=name&marker={named}"),
+            None
+        )
+        .await,
+        vec![unnamed]
+    );
+}

@@ -173,3 +173,30 @@ async fn member_quota_with_the_re_add_quirk() {
     let list = json(app.get(&members).send().await.unwrap()).await;
     assert_eq!(list["members"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn negative_quotas_are_unlimited() {
+    let app = TestApp::builder()
+        .image_property_quota(-1)
+        .image_member_quota(-1)
+        .spawn()
+        .await;
+    let props: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("x-image-meta-property-p{i}"), "v".into()))
+        .collect();
+    let meta: Vec<(&str, &str)> = props
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let img = app.create_image(&meta, None).await;
+    assert_eq!(img["properties"].as_object().unwrap().len(), 150);
+    let members: Vec<_> = (0..200)
+        .map(|i| json!({"member_id": format!("m{i}")}))
+        .collect();
+    let path = format!("/v1/images/{}/members", img["id"].as_str().unwrap());
+    assert_eq!(
+        status(app.put(&path).json(&json!({"memberships": members}))).await,
+        204
+    );
+    assert_eq!(status(app.put(&format!("{path}/one-more"))).await, 204);
+}
