@@ -110,6 +110,17 @@ fn quota_exceeded(remaining: u64) -> ApiError {
     ))
 }
 
+fn deleted_while_uploading() -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "Image was deleted while it was being uploaded.",
+    )
+}
+
+async fn was_deleted(registry: &Registry, id: &ImageId) -> bool {
+    matches!(registry.get(id).await, Ok(Some(s)) if s.record.status.is_deleted())
+}
+
 /// Streams `body` into `store` as the data of the queued image `id` and activates it.
 /// `content_length` is the request's declared body length, if any.
 pub async fn upload(
@@ -166,6 +177,11 @@ pub async fn upload(
             Ok(stored) => stored,
             Err(e) => {
                 guard.fail().await;
+                // A DELETE during the upload also removes the partial data under the store's
+                // feet, so the store's error is a consequence; the cause is the delete.
+                if was_deleted(&state.registry, id).await {
+                    return Err(deleted_while_uploading());
+                }
                 return Err(match e {
                     PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
                     PutError::TooLarge { .. } => {
@@ -200,10 +216,7 @@ pub async fn upload(
         .registry
         .update::<ApiError, _>(id, move |s| {
             if s.record.status != ImageStatus::Saving {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    "Image was deleted while it was being uploaded.",
-                ));
+                return Err(deleted_while_uploading());
             }
             s.record.status = ImageStatus::Active;
             s.record.size = size;

@@ -1,0 +1,25 @@
+//! HTTP integration tests: a real gateway per test, spoken to over real HTTP. One binary, so the
+//! crate is linked once; the modules live in `tests/api/`.
+
+mod common;
+
+#[path = "api/codec.rs"]
+mod codec;
+#[path = "api/create.rs"]
+mod create;
+#[path = "api/failures.rs"]
+mod failures;
+#[path = "api/identity.rs"]
+mod identity;
+#[path = "api/listing.rs"]
+mod listing;
+#[path = "api/members.rs"]
+mod members;
+#[path = "api/quotas.rs"]
+mod quotas;
+#[path = "api/read.rs"]
+mod read;
+#[path = "api/update_delete.rs"]
+mod update_delete;
+#[path = "api/versions.rs"]
+mod versions;
