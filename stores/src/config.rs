@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::file::{FileStore, FileStoreConfig};
+use crate::swift::{SwiftStore, SwiftStoreConfig};
 use crate::{Store, StoreError, StoreName};
 
 /// One `[stores.<name>]` table.
@@ -13,12 +14,15 @@ use crate::{Store, StoreError, StoreName};
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StoreConfig {
     File(FileStoreConfig),
+    // Boxed: far larger than the other variants.
+    Swift(Box<SwiftStoreConfig>),
 }
 
 impl StoreConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::File(_) => "file",
+            Self::Swift(_) => "swift",
         }
     }
 }
@@ -31,5 +35,6 @@ pub async fn open_store(
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config {
         StoreConfig::File(c) => Arc::new(FileStore::open(name, c).await?),
+        StoreConfig::Swift(c) => Arc::new(SwiftStore::open(name, c).await?),
     })
 }

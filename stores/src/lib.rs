@@ -20,6 +20,7 @@ pub mod digest;
 pub mod error;
 pub mod file;
 pub mod names;
+pub mod swift;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
