@@ -383,6 +383,15 @@ impl SwiftStore {
     pub fn force_dynamic_manifests(&self) {
         let _ = self.inner.manifest_kind.set(ManifestKind::Dynamic);
     }
+
+    /// Treats the current token as just confirmed, so the next streamed PUT skips its check and
+    /// meets a refused token mid-stream. For tests of that path.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn trust_current_token(&self) {
+        if let Some(session) = self.inner.current_session() {
+            self.inner.confirm(&session);
+        }
+    }
 }
 
 /// A response (or its absence) that is no success, in the words of the store's errors.
@@ -913,6 +922,10 @@ impl Inner {
                 }
                 if sent > 0 {
                     // The bytes Swift turned away are gone; only a fresh upload can resend them.
+                    // Renew now so that upload does not meet the same token.
+                    if let Err(e) = self.renew(Some(session.generation)).await {
+                        tracing::warn!(store = %self.name, error = %e, "renewing a refused token");
+                    }
                     return Err(self.unavailable(format!(
                         "{what}: Swift refused the token in the middle of the upload (HTTP 401)"
                     )));
