@@ -934,6 +934,11 @@ impl Inner {
                 renewed = true;
                 continue;
             }
+            if status == StatusCode::NOT_FOUND {
+                return Err(self.unavailable(format!(
+                    "{what}: container {container} does not exist (set create_container to create it)"
+                )));
+            }
             if !status.is_success() {
                 return Err(self.status_error(&what, status));
             }
@@ -1813,6 +1818,54 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(store.inner.credentials.as_ref().unwrap().key.0, "filekey");
+    }
+
+    /// Two requests' views of one body: each gets exactly its share, chunks split at the boundary.
+    #[tokio::test]
+    async fn feed_splits_at_exact_offsets() {
+        let data = crate::testing::pattern(23, 1);
+        let feed = Arc::new(Mutex::new(Feed::new(crate::testing::body_from(
+            data.clone(),
+            3,
+        ))));
+        let mut joined = vec![];
+        let mut sizes = vec![];
+        while Feed::has_more(&feed).await.unwrap() {
+            feed.lock().unwrap().start(10);
+            let finished = Arc::new(Notify::new());
+            let body = FeedBody {
+                feed: Arc::clone(&feed),
+                finished: Arc::clone(&finished),
+                done: false,
+            };
+            let part = crate::testing::read_all(Box::pin(body)).await.unwrap();
+            // The end of the share was announced, and the MD5 covers exactly the share.
+            tokio::time::timeout(Duration::from_secs(1), finished.notified())
+                .await
+                .unwrap();
+            let md5: [u8; 16] = Md5::digest(&part).into();
+            assert_eq!(feed.lock().unwrap().finish_md5(), md5);
+            sizes.push(part.len());
+            joined.extend(part);
+        }
+        assert_eq!(sizes, [10, 10, 3]);
+        assert_eq!(joined, data);
+    }
+
+    #[tokio::test]
+    async fn feed_keeps_the_body_error() {
+        let body = crate::testing::failing_body(vec![7; 8], 4, 6);
+        let feed = Arc::new(Mutex::new(Feed::new(body)));
+        feed.lock().unwrap().start(u64::MAX);
+        let body = FeedBody {
+            feed: Arc::clone(&feed),
+            finished: Arc::new(Notify::new()),
+            done: false,
+        };
+        assert!(crate::testing::read_all(Box::pin(body)).await.is_err());
+        let kept = feed.lock().unwrap().body_error.take().unwrap();
+        assert_eq!(kept.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(feed.lock().unwrap().sent, 6);
     }
 
     #[test]

@@ -600,3 +600,30 @@ async fn sweep_removes_abandoned_segments_only() {
     store.delete(&live).await.unwrap();
     assert!(raw.list(&seg, &segment_prefix(&live)).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_missing_container_is_reported_not_created() {
+    let env = swift_env!();
+    let raw = Raw::new(&env).await;
+    let container = unique("missing");
+    let mut config = base_config(&env, &container);
+    config["create_container"] = serde_json::json!(false);
+    let store = open(config).await.unwrap();
+    let err = store.health_check().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    for hint in [Some(4), None] {
+        let put = store
+            .put(&key("x"), body_from(b"data".to_vec(), 4), hint)
+            .await;
+        assert!(
+            matches!(&put, Err(StoreError::Unavailable { message, .. }) if message.contains("does not exist")),
+            "hint {hint:?}: {put:?}"
+        );
+    }
+    assert_eq!(
+        raw.head(&container).await.status(),
+        404,
+        "container was created"
+    );
+}
