@@ -1057,11 +1057,11 @@ impl Inner {
         }
         let detail = self.read_body(&what, response).await.unwrap_or_default();
         let detail = String::from_utf8_lossy(&detail[..detail.len().min(300)]).into_owned();
-        let err = self.status_error(&what, status);
-        if status == StatusCode::BAD_REQUEST && !detail.is_empty() {
+        // A 400 explains which segment Swift found wrong.
+        if status == StatusCode::BAD_REQUEST && !detail.trim().is_empty() {
             return Err(self.other(format!("{what}: Swift refused it: {}", detail.trim())));
         }
-        Err(err)
+        Err(self.status_error(&what, status))
     }
 
     async fn put_dynamic_manifest(
