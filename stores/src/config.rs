@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::file::{FileStore, FileStoreConfig};
 use crate::s3::{S3Store, S3StoreConfig};
+use crate::swift::{SwiftStore, SwiftStoreConfig};
 use crate::{Store, StoreError, StoreName};
 
 /// One `[stores.<name>]` table.
@@ -18,6 +19,8 @@ use crate::{Store, StoreError, StoreName};
 pub enum StoreConfig {
     File(FileStoreConfig),
     S3(S3StoreConfig),
+    // Boxed: far larger than the other variants.
+    Swift(Box<SwiftStoreConfig>),
 }
 
 impl StoreConfig {
@@ -25,6 +28,7 @@ impl StoreConfig {
         match self {
             Self::File(_) => "file",
             Self::S3(_) => "s3",
+            Self::Swift(_) => "swift",
         }
     }
 }
@@ -38,5 +42,6 @@ pub async fn open_store(
     Ok(match config {
         StoreConfig::File(c) => Arc::new(FileStore::open(name, c).await?),
         StoreConfig::S3(c) => Arc::new(S3Store::open(name, c).await?),
+        StoreConfig::Swift(c) => Arc::new(SwiftStore::open(name, c).await?),
     })
 }

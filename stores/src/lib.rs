@@ -21,6 +21,7 @@ pub mod error;
 pub mod file;
 pub mod names;
 pub mod s3;
+pub mod swift;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
