@@ -19,8 +19,7 @@ use crate::{Store, StoreError, StoreName};
 pub enum StoreConfig {
     File(FileStoreConfig),
     S3(S3StoreConfig),
-    // Boxed: far larger than the other variants.
-    Swift(Box<SwiftStoreConfig>),
+    Swift(SwiftStoreConfig),
 }
 
 impl StoreConfig {
