@@ -45,7 +45,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         }
         stores.insert(store);
     }
-    let remote = RemoteClient::new(config.remote_sources, &[])?;
+    let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
+    let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
     let state = AppState {
         config: Arc::new(config),
         registry,

@@ -96,6 +96,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A credential-free URI for the object, such as `s3://bucket/prefix/key`.
     fn describe(&self, key: &ObjectKey) -> String;
 
+    /// The backend's own HTTP endpoints (credential-free URLs). The gateway never fetches remote
+    /// image sources from them, so a client cannot read the store around the gateway's rules.
+    fn endpoints(&self) -> Vec<String> {
+        vec![]
+    }
+
     /// Stores `body` under `key`. `size_hint` is the expected length when the client declared it
     /// (stores use it to size multipart parts); the stream is the truth.
     async fn put(

@@ -946,6 +946,15 @@ impl Store for S3Store {
         format!("s3://{}/{}", self.inner.bucket, self.inner.full_key(key))
     }
 
+    fn endpoints(&self) -> Vec<String> {
+        let label = &self.inner.endpoint_label;
+        if label.starts_with("http://") || label.starts_with("https://") {
+            vec![label.clone()]
+        } else {
+            vec![]
+        }
+    }
+
     #[tracing::instrument(skip(self, body), fields(store = %self.inner.name))]
     async fn put(
         &self,

@@ -1505,6 +1505,22 @@ impl Store for SwiftStore {
         format!("swift://{}/{key}", self.inner.container)
     }
 
+    fn endpoints(&self) -> Vec<String> {
+        let inner = &self.inner;
+        let session = inner
+            .session
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.storage_url.clone()));
+        inner
+            .credentials
+            .iter()
+            .map(|c| c.auth_url.clone())
+            .chain(inner.storage_url_override.clone())
+            .chain(session)
+            .collect()
+    }
+
     #[tracing::instrument(skip(self, body), fields(store = %self.inner.name))]
     async fn put(
         &self,

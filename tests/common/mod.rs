@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glance_gateway::config::{AuthMode, Config, ConfigFile, Overrides, QuotaValue};
+use glance_gateway::config::{AuthMode, Config, ConfigFile, Overrides, QuotaValue, RemoteSources};
 use glance_gateway::model::{ImageId, ImageRecord};
 use glance_gateway::registry::StoredImage;
 use glance_gateway::state::AppState;
@@ -44,6 +44,10 @@ pub struct TestAppBuilder {
     show_image_direct_url: Option<bool>,
     /// Extra file stores by name (rooted under the data directory).
     extra_stores: Vec<String>,
+    /// Stores of any kind by name, next to the default `file` store.
+    stores: Vec<(String, StoreConfig)>,
+    default_store: Option<String>,
+    remote_sources: Option<RemoteSources>,
 }
 
 impl TestAppBuilder {
@@ -96,6 +100,19 @@ impl TestAppBuilder {
         self.show_image_direct_url = Some(v);
         self
     }
+    /// Adds a named store of any kind (S3, Swift …) next to the default `file` store.
+    pub fn store(mut self, name: &str, config: StoreConfig) -> Self {
+        self.stores.push((name.to_owned(), config));
+        self
+    }
+    pub fn default_store(mut self, name: &str) -> Self {
+        self.default_store = Some(name.to_owned());
+        self
+    }
+    pub fn remote_sources(mut self, v: RemoteSources) -> Self {
+        self.remote_sources = Some(v);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -103,7 +120,7 @@ impl TestAppBuilder {
 
     fn config(&self, data_dir: &Path) -> Config {
         let mut stores = BTreeMap::new();
-        if !self.extra_stores.is_empty() {
+        if !self.extra_stores.is_empty() || !self.stores.is_empty() {
             stores.insert(
                 "file".to_owned(),
                 StoreConfig::File(FileStoreConfig {
@@ -119,6 +136,9 @@ impl TestAppBuilder {
                 );
             }
         }
+        for (name, config) in &self.stores {
+            stores.insert(name.clone(), config.clone());
+        }
         let file = ConfigFile {
             auth: self.auth,
             owner_is_tenant: self.owner_is_tenant,
@@ -133,6 +153,8 @@ impl TestAppBuilder {
             delayed_delete: self.delayed_delete,
             scrub_time: self.scrub_time,
             show_image_direct_url: self.show_image_direct_url,
+            default_store: self.default_store.clone(),
+            remote_sources: self.remote_sources,
             stores,
             ..ConfigFile::default()
         };
