@@ -19,6 +19,8 @@ mod members;
 mod quotas;
 #[path = "api/read.rs"]
 mod read;
+#[path = "api/s3.rs"]
+mod s3;
 #[path = "api/update_delete.rs"]
 mod update_delete;
 #[path = "api/versions.rs"]

@@ -44,6 +44,10 @@ pub struct TestAppBuilder {
     show_image_direct_url: Option<bool>,
     /// Extra file stores by name (rooted under the data directory).
     extra_stores: Vec<String>,
+    /// Extra stores of any kind by name, next to the `file` store.
+    stores: Vec<(String, StoreConfig)>,
+    default_store: Option<String>,
+    sweep_min_age: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -100,10 +104,23 @@ impl TestAppBuilder {
         self.extra_stores.push(name.to_owned());
         self
     }
+    /// Adds the store `name` with any configuration (the `file` store stays configured).
+    pub fn store(mut self, name: &str, config: StoreConfig) -> Self {
+        self.stores.push((name.to_owned(), config));
+        self
+    }
+    pub fn default_store(mut self, name: &str) -> Self {
+        self.default_store = Some(name.to_owned());
+        self
+    }
+    pub fn sweep_min_age(mut self, secs: u64) -> Self {
+        self.sweep_min_age = Some(secs);
+        self
+    }
 
     fn config(&self, data_dir: &Path) -> Config {
         let mut stores = BTreeMap::new();
-        if !self.extra_stores.is_empty() {
+        if !self.extra_stores.is_empty() || !self.stores.is_empty() {
             stores.insert(
                 "file".to_owned(),
                 StoreConfig::File(FileStoreConfig {
@@ -117,6 +134,9 @@ impl TestAppBuilder {
                         root: data_dir.join(format!("store-{name}")),
                     }),
                 );
+            }
+            for (name, config) in &self.stores {
+                stores.insert(name.clone(), config.clone());
             }
         }
         let file = ConfigFile {
@@ -133,6 +153,8 @@ impl TestAppBuilder {
             delayed_delete: self.delayed_delete,
             scrub_time: self.scrub_time,
             show_image_direct_url: self.show_image_direct_url,
+            default_store: self.default_store.clone(),
+            sweep_min_age: self.sweep_min_age,
             stores,
             ..ConfigFile::default()
         };
@@ -429,7 +451,7 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    fn parse(buf: &[u8]) -> Self {
+    pub fn parse(buf: &[u8]) -> Self {
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             return Self::default();
         };
