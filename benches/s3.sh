@@ -76,8 +76,9 @@ summary=()
 for gib in $SIZES; do
   bytes=$((gib * 1073741824))
   file="$DIR/image-${gib}g.bin"
-  # The file, one object per way at a time (each is deleted after its run), and headroom.
-  need_kib=$(( (3 * gib + 2) * 1048576 ))
+  # The file, every object written (SeaweedFS reclaims deleted objects' space only later),
+  # and headroom.
+  need_kib=$(( ((2 * RUNS + 1) * gib + 2) * 1048576 ))
   avail_kib=$(df -Pk "$DIR" | awk 'NR==2 {print $4}')
   df -h "$DIR" >&2
   if [ "$avail_kib" -lt "$need_kib" ]; then
