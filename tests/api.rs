@@ -21,6 +21,8 @@ mod quotas;
 mod read;
 #[path = "api/remote.rs"]
 mod remote;
+#[path = "api/s3.rs"]
+mod s3;
 #[path = "api/update_delete.rs"]
 mod update_delete;
 #[path = "api/versions.rs"]

@@ -48,6 +48,7 @@ pub struct TestAppBuilder {
     stores: Vec<(String, StoreConfig)>,
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
+    sweep_min_age: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -117,6 +118,10 @@ impl TestAppBuilder {
         self.extra_stores.push(name.to_owned());
         self
     }
+    pub fn sweep_min_age(mut self, secs: u64) -> Self {
+        self.sweep_min_age = Some(secs);
+        self
+    }
 
     fn config(&self, data_dir: &Path) -> Config {
         let mut stores = BTreeMap::new();
@@ -155,6 +160,7 @@ impl TestAppBuilder {
             show_image_direct_url: self.show_image_direct_url,
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
+            sweep_min_age: self.sweep_min_age,
             stores,
             ..ConfigFile::default()
         };
@@ -451,7 +457,7 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    fn parse(buf: &[u8]) -> Self {
+    pub fn parse(buf: &[u8]) -> Self {
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             return Self::default();
         };

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The S3 bench (a script, not a timed test): images up and down through the gateway to a local
+# SeaweedFS, against the same file sent straight to the same server with aws-sdk-s3 multipart
+# (benches/s3_direct.rs: same part size, same parts in flight, same Content-MD5 per part) in the
+# same run. Prints medians, the gateway/direct time ratios (targets: up <= 1.10x, down <= 1.05x),
+# the MD5 throughput of the file (md5sum) and the gateway's peak RSS (VmHWM).
+#
+# usage: benches/s3.sh
+# knobs: BENCH_SIZES_GIB ("1 4"), BENCH_RUNS (3), BENCH_DIR (${TMPDIR:-/tmp}/gateway-bench),
+#        BENCH_PORT (19292), BENCH_PART_MIB (16), BENCH_IN_FLIGHT (4)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZES=${BENCH_SIZES_GIB:-"1 4"}
+RUNS=${BENCH_RUNS:-3}
+DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/gateway-bench}
+PORT=${BENCH_PORT:-19292}
+PART_MIB=${BENCH_PART_MIB:-16}
+IN_FLIGHT=${BENCH_IN_FLIGHT:-4}
+GATEWAY="http://127.0.0.1:$PORT"
+
+log() { echo "bench: $*" >&2; }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
+mbps() { awk -v bytes="$1" -v s="$2" 'BEGIN {printf "%.0f", bytes/1048576/s}'; }
+
+cd "$ROOT"
+log "release build"
+cargo build --release --quiet --bin glance-gateway --example s3_direct
+BIN=$ROOT/target/release/glance-gateway
+DIRECT=$ROOT/target/release/examples/s3_direct
+
+mkdir -p "$DIR"
+started_backend=0
+if ! scripts/s3-backend.sh status 2>/dev/null; then started_backend=1; fi
+eval "$(scripts/s3-backend.sh start)"
+
+gateway_pid=""
+cleanup() {
+  if [ -n "$gateway_pid" ]; then kill "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
+  rm -f "$DIR"/image-*.bin
+  if [ "$started_backend" = 1 ]; then scripts/s3-backend.sh stop; fi
+}
+trap cleanup EXIT
+
+rm -rf "$DIR/data"
+cat > "$DIR/gateway.toml" <<TOML
+default_store = "s3"
+image_size_cap = 1099511627776
+
+[stores.s3]
+kind = "s3"
+bucket = "$GATEWAY_TEST_S3_BUCKET"
+endpoint = "$GATEWAY_TEST_S3_ENDPOINT"
+region = "$GATEWAY_TEST_S3_REGION"
+force_path_style = true
+prefix = "bench/gateway/"
+access_key_id = "$GATEWAY_TEST_S3_ACCESS_KEY"
+secret_access_key = "$GATEWAY_TEST_S3_SECRET_KEY"
+multipart_threshold = $((PART_MIB * 1048576))
+part_size = $((PART_MIB * 1048576))
+max_concurrent_parts = $IN_FLIGHT
+TOML
+chmod 600 "$DIR/gateway.toml"
+RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --config "$DIR/gateway.toml" --data-dir "$DIR/data" \
+  --bind "127.0.0.1:$PORT" > "$DIR/gateway.log" 2>&1 &
+gateway_pid=$!
+for _ in $(seq 1 100); do
+  curl -s -o /dev/null "$GATEWAY/versions" && break
+  sleep 0.1
+done
+log "gateway pid $gateway_pid on $GATEWAY (S3 store: ${PART_MIB} MiB parts, $IN_FLIGHT in flight)"
+
+summary=()
+for gib in $SIZES; do
+  bytes=$((gib * 1073741824))
+  file="$DIR/image-${gib}g.bin"
+  # The file, every object written (SeaweedFS reclaims deleted objects' space only later),
+  # and headroom.
+  need_kib=$(( ((2 * RUNS + 1) * gib + 2) * 1048576 ))
+  avail_kib=$(df -Pk "$DIR" | awk 'NR==2 {print $4}')
+  df -h "$DIR" >&2
+  if [ "$avail_kib" -lt "$need_kib" ]; then
+    log "skipping $gib GiB: $((avail_kib / 1048576)) GiB free, need $((need_kib / 1048576)) GiB"
+    continue
+  fi
+  log "writing a $gib GiB random file"
+  head -c "$bytes" /dev/urandom > "$file"
+  t0=$(date +%s.%N)
+  md5=$(md5sum "$file" | cut -d' ' -f1)
+  md5_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print b-a}')
+
+  up_direct=(); up_gateway=(); down_direct=(); down_gateway=()
+  for run in $(seq 1 "$RUNS"); do
+    key="bench/direct/${gib}g-$run"
+    up_direct+=("$("$DIRECT" put "$file" "$key" "$PART_MIB" "$IN_FLIGHT" | awk '{print $2}')")
+
+    out=$(curl -sS -X POST -T "$file" -o "$DIR/created.json" -w '%{http_code} %{time_total}' \
+      -H 'Content-Type: application/octet-stream' -H "x-image-meta-name: bench-${gib}g-$run" \
+      -H 'x-image-meta-disk_format: raw' -H 'x-image-meta-container_format: bare' \
+      "$GATEWAY/v1/images")
+    code=${out%% *}
+    if [ "$code" != 201 ]; then log "gateway upload answered $code: $(cat "$DIR/created.json")"; exit 1; fi
+    up_gateway+=("${out##* }")
+    id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["id"])' "$DIR/created.json")
+    checksum=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["checksum"])' "$DIR/created.json")
+    [ "$checksum" = "$md5" ] || { log "checksum $checksum != md5sum $md5"; exit 1; }
+
+    down_direct+=("$("$DIRECT" get "$key" | awk '{print $2}')")
+    down_gateway+=("$(curl -sS -o /dev/null -w '%{time_total}' "$GATEWAY/v1/images/$id")")
+
+    "$DIRECT" delete "$key" > /dev/null
+    curl -sS -o /dev/null -X DELETE "$GATEWAY/v1/images/$id"
+    log "$gib GiB run $run: up direct ${up_direct[-1]} s, gateway ${up_gateway[-1]} s; down direct ${down_direct[-1]} s, gateway ${down_gateway[-1]} s"
+  done
+  rm -f "$file"
+
+  ud=$(median "${up_direct[@]}"); ug=$(median "${up_gateway[@]}")
+  dd=$(median "${down_direct[@]}"); dg=$(median "${down_gateway[@]}")
+  summary+=("$(printf '%4s GiB | up: direct %7.2f s (%4s MiB/s)  gateway %7.2f s (%4s MiB/s)  ratio %s (target <= 1.10) | down: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s (target <= 1.05) | md5sum %s MiB/s' \
+    "$gib" "$ud" "$(mbps "$bytes" "$ud")" "$ug" "$(mbps "$bytes" "$ug")" "$(ratio "$ug" "$ud")" \
+    "$dd" "$(mbps "$bytes" "$dd")" "$dg" "$(mbps "$bytes" "$dg")" "$(ratio "$dg" "$dd")" \
+    "$(mbps "$bytes" "$md5_s")")")
+done
+
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$gateway_pid/status")
+echo
+echo "S3 bench: $RUNS run(s) per size, medians; parts ${PART_MIB} MiB x $IN_FLIGHT in flight"
+for line in "${summary[@]}"; do echo "$line"; done
+echo "gateway peak RSS (VmHWM): $((hwm / 1024)) MiB (budget: 64 MiB + $PART_MIB MiB x ($IN_FLIGHT + 1) = $((64 + PART_MIB * (IN_FLIGHT + 1))) MiB)"
