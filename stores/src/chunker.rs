@@ -2,17 +2,58 @@
 //! uploads and segments. One copy per byte, into a buffer of the part's size.
 
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::ByteStream;
 
+/// Part buffers handed back once a part is uploaded, so a long upload cycles through the same few
+/// allocations. Freed part-sized buffers are otherwise kept by the allocator and push the
+/// process's resident memory past the part budget.
+#[derive(Clone, Debug)]
+pub struct BufferPool {
+    free: Arc<Mutex<Vec<BytesMut>>>,
+    max: usize,
+}
+
+impl BufferPool {
+    /// A pool keeping at most `max` idle buffers.
+    pub fn new(max: usize) -> Self {
+        Self {
+            free: Arc::new(Mutex::new(Vec::with_capacity(max))),
+            max,
+        }
+    }
+
+    fn take(&self, size: usize) -> BytesMut {
+        let reused = {
+            let mut free = self.free.lock().expect("buffer pool poisoned");
+            let found = free.iter().position(|b| b.capacity() >= size);
+            found.map(|i| free.swap_remove(i))
+        };
+        reused.unwrap_or_else(|| BytesMut::with_capacity(size))
+    }
+
+    /// Takes a part back once nothing else holds it (otherwise it is simply dropped).
+    pub fn recycle(&self, part: Bytes) {
+        if let Ok(mut buf) = part.try_into_mut() {
+            buf.clear();
+            let mut free = self.free.lock().expect("buffer pool poisoned");
+            if free.len() < self.max {
+                free.push(buf);
+            }
+        }
+    }
+}
+
 pub struct Chunker {
     body: ByteStream,
     /// Bytes read from the body but not yet handed out.
     pending: Bytes,
     done: bool,
+    pool: Option<BufferPool>,
 }
 
 impl Chunker {
@@ -21,6 +62,15 @@ impl Chunker {
             body,
             pending: Bytes::new(),
             done: false,
+            pool: None,
+        }
+    }
+
+    /// A chunker that assembles parts in buffers from `pool`.
+    pub fn with_pool(body: ByteStream, pool: BufferPool) -> Self {
+        Self {
+            pool: Some(pool),
+            ..Self::new(body)
         }
     }
 
@@ -32,7 +82,10 @@ impl Chunker {
         if self.pending.len() >= size {
             return Some(Ok(self.pending.split_to(size)));
         }
-        let mut part = BytesMut::with_capacity(size);
+        let mut part = match &self.pool {
+            Some(pool) => pool.take(size),
+            None => BytesMut::with_capacity(size),
+        };
         part.extend_from_slice(&std::mem::take(&mut self.pending));
         while part.len() < size && !self.done {
             match self.body.next().await {
@@ -122,6 +175,28 @@ mod tests {
         assert_eq!(chunker.next_part(10).await.unwrap().unwrap().len(), 10);
         assert!(chunker.is_exhausted().await.unwrap());
         assert!(chunker.next_part(10).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn pooled_parts_reuse_their_buffers() {
+        let pool = BufferPool::new(2);
+        let (body, data) = body_of(5000, 700);
+        let mut chunker = Chunker::with_pool(body, pool.clone());
+        let mut joined = vec![];
+        let mut addresses = std::collections::HashSet::new();
+        while let Some(part) = chunker.next_part(1000).await {
+            let part = part.unwrap();
+            addresses.insert(part.as_ptr() as usize);
+            joined.extend_from_slice(&part);
+            pool.recycle(part);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(addresses.len(), 1, "every part should reuse the one buffer");
+        // A part still shared elsewhere is not taken back.
+        let shared = Bytes::from(vec![1u8; 10]);
+        let other = shared.clone();
+        pool.recycle(shared);
+        assert_eq!(other.len(), 10);
     }
 
     #[tokio::test]
