@@ -62,10 +62,11 @@ class Checks:
         self.failed += 1
         print(f"FAIL  {name}: raised {type(error).__name__}")
         if isinstance(error, exc.HTTPException):
-            print(f"      | HTTP {getattr(error, 'code', '?')}: {error.details}")
+            text = f"HTTP {getattr(error, 'code', '?')}: {error.details}"
         else:
-            for line in traceback.format_exception_only(type(error), error):
-                print(f"      | {line.rstrip()}")
+            text = "".join(traceback.format_exception_only(type(error), error))
+        for line in text.rstrip().splitlines():
+            print(f"      | {line}")
 
 
 def md5_of(data):

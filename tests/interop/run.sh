@@ -107,7 +107,9 @@ done
 echo "interop: gateway $GATEWAY_BIN on $endpoint (pid $gateway_pid)"
 
 status=0
-"$INTEROP_VENV/bin/python" "$here/glanceclient_v1.py" --endpoint "$endpoint" || status=$?
+"$INTEROP_VENV/bin/python" -u "$here/glanceclient_v1.py" --endpoint "$endpoint" | tee "$data_dir/driver.out" ||
+    status=$?
+summary="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$data_dir/driver.out" | tail -n 1 || true)"
 if ! kill -0 "$gateway_pid" 2>/dev/null; then
     echo "interop: the gateway died during the run; its log:" >&2
     cat "$log" >&2
@@ -115,5 +117,9 @@ if ! kill -0 "$gateway_pid" 2>/dev/null; then
 elif [ "$status" -ne 0 ]; then
     echo "interop: gateway log (last 40 lines):" >&2
     tail -n 40 "$log" >&2
+fi
+if [ "$status" -ne 0 ]; then
+    # Keep the count as the closing line, after the log.
+    echo "${summary:-0 passed, 1 failed}"
 fi
 exit "$status"
