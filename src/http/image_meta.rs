@@ -1,6 +1,7 @@
 //! The `x-image-meta-*` header codec, pure: request headers → [`MetaPatch`], and an image record →
 //! response headers. No I/O, no configuration beyond what is passed in.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -144,6 +145,39 @@ fn check_len(what: &str, value: &Option<String>, max: usize) -> Result<(), MetaE
     }
 }
 
+/// Undoes the percent-encoding that URL-quoting clients put on header names and values
+/// (python-glanceclient quotes every header it sends, so that non-ASCII text fits in a header).
+/// Text counts as quoted only when it holds at least one well-formed `%XX` escape, every other
+/// character is one that such quoting leaves alone (ASCII letters, digits, `_ . - ~ / :`), and
+/// the decoded bytes are UTF-8. Anything else (a raw space, raw UTF-8, a lone `%`) is literal
+/// text, as curl users send it, and is returned unchanged.
+pub fn unquote(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut escapes = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return Cow::Borrowed(text);
+                }
+                escapes += 1;
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b"_.-~/:".contains(&b) => i += 1,
+            _ => return Cow::Borrowed(text),
+        }
+    }
+    if escapes == 0 {
+        return Cow::Borrowed(text);
+    }
+    match percent_encoding::percent_decode(bytes).decode_utf8() {
+        Ok(decoded) => Cow::Owned(decoded.into_owned()),
+        Err(_) => Cow::Borrowed(text),
+    }
+}
+
 /// Reads the `x-image-meta-*` headers of a POST or PUT.
 pub fn decode(headers: &HeaderMap) -> Result<MetaPatch, MetaError> {
     let mut patch = MetaPatch::default();
@@ -156,11 +190,14 @@ pub fn decode(headers: &HeaderMap) -> Result<MetaPatch, MetaError> {
         let value = std::str::from_utf8(raw.as_bytes())
             .map_err(|_| MetaError(format!("Header {lower} is not valid UTF-8")))?
             .trim();
+        let value = unquote(value);
+        let value = value.as_ref();
         if let Some(key) = lower.strip_prefix(PROPERTY_PREFIX) {
-            let key = key.replace('-', "_");
+            let key = unquote(key).replace('-', "_");
             if key.is_empty() || key.chars().count() > 255 {
                 return err(format!("Bad header: {lower}"));
             }
+            check_text("A property key", &key)?;
             check_text("A property value", value)?;
             if patch.properties.insert(key, nullable(value)).is_some() {
                 return err(format!("Duplicate header: {lower}"));
@@ -332,6 +369,44 @@ mod tests {
 
     fn decode_pairs(pairs: &[(&str, &str)]) -> Result<MetaPatch, MetaError> {
         decode(&headers(pairs))
+    }
+
+    #[test]
+    fn quoted_names_and_values_are_decoded() {
+        let p = decode_pairs(&[
+            ("x-image-meta-name", "my%20image%20%C3%A9"),
+            ("x-image-meta-property-release%2012", "a%20b:c/d%3F"),
+            ("x-image-meta-property-plain", "50%"),
+        ])
+        .unwrap();
+        assert_eq!(p.name, Some(Some("my image \u{e9}".into())));
+        assert_eq!(p.properties["release 12"], Some("a b:c/d?".into()));
+        assert_eq!(p.properties["plain"], Some("50%".into()));
+    }
+
+    #[test]
+    fn unquote_takes_only_fully_quoted_text() {
+        assert_eq!(unquote("a%20b"), "a b");
+        assert_eq!(unquote("http://h/p%3Fq%3D1"), "http://h/p?q=1");
+        // Literal text: raw spaces or UTF-8, lone or short escapes, no escape at all.
+        for literal in [
+            "100% sure",
+            "a b%20c",
+            "caf\u{e9}%20",
+            "50%",
+            "%2",
+            "%zz",
+            "plain",
+        ] {
+            assert_eq!(unquote(literal), literal);
+        }
+        // Escapes that do not decode to UTF-8 stay as sent.
+        assert_eq!(unquote("%FF%FE"), "%FF%FE");
+        // Decoded text still obeys the text rules.
+        let e = decode_pairs(&[("x-image-meta-name", "%F0%9F%98%80")]).unwrap_err();
+        assert!(e.0.contains("Basic Multilingual Plane"), "{e}");
+        let e = decode_pairs(&[("x-image-meta-property-%F0%9F%98%80", "x")]).unwrap_err();
+        assert!(e.0.contains("Basic Multilingual Plane"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use serde_json::json;
 use stores::ObjectKey;
 
-use super::image_meta::{self, is_true_word};
+use super::image_meta::{self, is_true_word, unquote};
 use super::range::{parse_range, ByteRangeRequest};
 use super::views::{self, json_response};
 use super::{host, list_query, Ctx};
@@ -197,7 +197,7 @@ fn write_request(ctx: &Ctx, body: Body) -> ApiResult<WriteRequest> {
     let copy_from = ctx
         .headers
         .get("x-glance-api-copy-from")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
+        .map(|v| unquote(String::from_utf8_lossy(v.as_bytes()).trim()).into_owned());
     let purge_props = ctx
         .headers
         .get("x-glance-registry-purge-props")

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -23,6 +24,12 @@ const TMP_DIR: &str = ".tmp";
 /// Chunks handed between the async side and the writer / reader thread.
 const CHANNEL_DEPTH: usize = 8;
 const READ_CHUNK: usize = 256 * 1024;
+/// While an object is being written, a helper thread syncs it each time this much more data has
+/// arrived, so the disk writes back in parallel with receiving and hashing. Without it the whole
+/// object sits in the page cache (the kernel starts write-back late by default) and the final
+/// fsync flushes all of it while the client waits: upload time became receive time plus flush
+/// time.
+const FLUSH_STEP: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +100,30 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
 }
 
+/// Syncs `file` whenever the writer asks, until the writer hangs up; returns the first error.
+/// Requests made while a sync runs collapse into one (the channel holds a single request).
+fn spawn_flusher(file: &fs::File) -> io::Result<(std_mpsc::SyncSender<()>, Flusher)> {
+    let file = file.try_clone()?;
+    let (tx, rx) = std_mpsc::sync_channel::<()>(1);
+    let handle = std::thread::Builder::new()
+        .name("file-store-flush".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                file.sync_data()?;
+            }
+            Ok(())
+        })?;
+    Ok((tx, handle))
+}
+
+type Flusher = std::thread::JoinHandle<io::Result<()>>;
+
+fn join_flusher(flusher: Flusher) -> io::Result<()> {
+    flusher
+        .join()
+        .map_err(|_| io::Error::other("flush thread panicked"))?
+}
+
 /// Writes what arrives on `rx` to `tmp`; renames it to `dest` only after `Finish`. Any other end
 /// (error, sender dropped by a cancelled upload) removes the temp file.
 fn write_object(mut rx: mpsc::Receiver<WriteMsg>, tmp: PathBuf, dest: PathBuf) -> io::Result<bool> {
@@ -101,13 +132,31 @@ fn write_object(mut rx: mpsc::Receiver<WriteMsg>, tmp: PathBuf, dest: PathBuf) -
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        loop {
+        let (flush, flusher) = spawn_flusher(&file)?;
+        let mut unflushed = 0u64;
+        let received = loop {
             match rx.blocking_recv() {
-                Some(WriteMsg::Data(chunk)) => file.write_all(&chunk)?,
-                Some(WriteMsg::Finish) => break,
-                None => return Ok(false),
+                Some(WriteMsg::Data(chunk)) => {
+                    if let Err(e) = file.write_all(&chunk) {
+                        break Err(e);
+                    }
+                    unflushed += chunk.len() as u64;
+                    if unflushed >= FLUSH_STEP {
+                        // Full means a sync is already queued, which covers this data too.
+                        let _ = flush.try_send(());
+                        unflushed = 0;
+                    }
+                }
+                Some(WriteMsg::Finish) => break Ok(true),
+                None => break Ok(false),
             }
+        };
+        drop(flush);
+        let flushed = join_flusher(flusher);
+        if !received? {
+            return Ok(false);
         }
+        flushed?;
         file.sync_all()?;
         drop(file);
         fs::rename(&tmp, &dest)?;
