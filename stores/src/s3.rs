@@ -28,7 +28,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 
-use crate::chunker::Chunker;
+use crate::chunker::{BufferPool, Chunker};
 use crate::{
     clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, Store, StoreError, StoreName,
     SweepReport,
@@ -608,8 +608,10 @@ impl Inner {
         upload_id: Arc<str>,
         number: i32,
         data: Bytes,
+        pool: BufferPool,
     ) -> Result<CompletedPart, StoreError> {
         let md5 = content_md5(self.store(), &data).await?;
+        let buffer = data.clone();
         let out = self
             .client
             .upload_part()
@@ -625,6 +627,7 @@ impl Inner {
             .send()
             .await
             .map_err(|e| self.map_err("UploadPart", Some(&key), e))?;
+        pool.recycle(buffer);
         let etag = out
             .e_tag()
             .ok_or_else(|| StoreError::other(self.store(), "UploadPart: no ETag in the answer"))?;
@@ -754,6 +757,8 @@ struct Multipart {
     full: Arc<str>,
     upload_id: Arc<str>,
     in_flight: JoinSet<Result<CompletedPart, StoreError>>,
+    /// Where uploaded parts' buffers go back for the chunker to reuse.
+    pool: BufferPool,
     done: Vec<CompletedPart>,
     /// CompleteMultipartUpload was sent, so the object may exist.
     completing: bool,
@@ -768,6 +773,7 @@ impl Multipart {
             Arc::clone(&self.upload_id),
             number,
             data,
+            self.pool.clone(),
         );
         self.in_flight.spawn(task);
     }
@@ -972,7 +978,9 @@ impl Store for S3Store {
         }
         let full = inner.full_key(key);
         let sizer = PartSizer::new(&tuning, size_hint);
-        let mut chunker = Chunker::new(body);
+        // Parts in flight, the one being read, and the one just handed over.
+        let pool = BufferPool::new(tuning.max_in_flight + 2);
+        let mut chunker = Chunker::with_pool(body, pool.clone());
 
         // Read until the threshold decides between one PutObject and a multipart upload.
         let (mut head, mut sent, mut ended) = (vec![], 0u64, false);
@@ -1013,6 +1021,7 @@ impl Store for S3Store {
             full: full.into(),
             upload_id: upload_id.into(),
             in_flight: JoinSet::new(),
+            pool,
             done: vec![],
             completing: false,
             armed: true,
