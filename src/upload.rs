@@ -30,6 +30,26 @@ impl UploadGuard {
         cleanup(&self.registry, &*self.store, &self.image_id, &self.key).await;
     }
 
+    /// For a failed `put`: the store has already removed what it wrote (its contract), so the
+    /// image is killed now and the belt-and-braces delete runs in the background — against an
+    /// unreachable backend it would only add its retries to the client's wait.
+    async fn fail_after_store_cleanup(mut self) {
+        self.armed = false;
+        if let Err(e) = kill(&self.registry, &self.image_id, ImageStatus::Saving).await {
+            tracing::error!(image = %self.image_id, error = %e, "could not mark image killed");
+        }
+        let (store, id, key) = (
+            Arc::clone(&self.store),
+            self.image_id.clone(),
+            self.key.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!(image = %id, error = %e, "could not remove partial image data; the sweep will");
+            }
+        });
+    }
+
     fn disarm(mut self) {
         self.armed = false;
     }
@@ -176,7 +196,7 @@ pub async fn upload(
         match put_digested(&*store, &key, body, expected_size.or(content_length), limit).await {
             Ok(stored) => stored,
             Err(e) => {
-                guard.fail().await;
+                guard.fail_after_store_cleanup().await;
                 // A DELETE during the upload also removes the partial data under the store's
                 // feet, so the store's error is a consequence; the cause is the delete.
                 if was_deleted(&state.registry, id).await {

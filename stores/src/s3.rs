@@ -505,6 +505,11 @@ impl Inner {
             SdkError::ConstructionFailure(_) => {
                 StoreError::other(store, format!("{op}: request not built: {}", chain(&err)))
             }
+            // The connection broke while the answer was being read: the backend, not the request.
+            SdkError::ResponseError(_) => StoreError::unavailable(
+                store,
+                format!("{op}: the answer from {} was cut off", self.endpoint_label),
+            ),
             _ => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
                 let code = err.code().unwrap_or("");
