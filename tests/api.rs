@@ -19,6 +19,8 @@ mod members;
 mod quotas;
 #[path = "api/read.rs"]
 mod read;
+#[path = "api/swift.rs"]
+mod swift;
 #[path = "api/update_delete.rs"]
 mod update_delete;
 #[path = "api/versions.rs"]

@@ -48,6 +48,7 @@ pub struct TestAppBuilder {
     stores: Vec<(String, StoreConfig)>,
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
+    sweep_min_age: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -113,6 +114,11 @@ impl TestAppBuilder {
         self.remote_sources = Some(v);
         self
     }
+    /// Seconds an incomplete upload must age before a sweep removes it.
+    pub fn sweep_min_age(mut self, v: u64) -> Self {
+        self.sweep_min_age = Some(v);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -155,6 +161,7 @@ impl TestAppBuilder {
             show_image_direct_url: self.show_image_direct_url,
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
+            sweep_min_age: self.sweep_min_age,
             stores,
             ..ConfigFile::default()
         };
