@@ -23,6 +23,8 @@ mod read;
 mod remote;
 #[path = "api/s3.rs"]
 mod s3;
+#[path = "api/swift.rs"]
+mod swift;
 #[path = "api/update_delete.rs"]
 mod update_delete;
 #[path = "api/versions.rs"]

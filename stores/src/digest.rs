@@ -45,6 +45,23 @@ struct DigestState {
     size: u64,
     over_limit: bool,
     body_error: Option<io::Error>,
+    /// The body yielded its end.
+    ended: bool,
+}
+
+/// The running MD5 of a [`put_digested`] body, handed to [`Store::put_with_md5`]: once the body
+/// has ended, it gives the MD5 of every byte the body yielded, so a store that checks its
+/// backend's checksum of a whole object need not hash the same bytes a second time.
+#[derive(Clone)]
+pub struct RunningMd5(Arc<Mutex<DigestState>>);
+
+impl RunningMd5 {
+    /// Size and MD5 of everything the body yielded; `None` until it has ended cleanly.
+    pub fn finished(&self) -> Option<(u64, [u8; 16])> {
+        let state = self.0.lock().expect("digest state poisoned");
+        (state.ended && !state.over_limit && state.body_error.is_none())
+            .then(|| (state.size, state.hasher.clone().finalize().into()))
+    }
 }
 
 /// Counts and hashes every chunk that passes; fails the stream once more than `limit` bytes came.
@@ -79,7 +96,11 @@ impl Stream for DigestStream {
                 state.body_error = Some(err);
                 Poll::Ready(Some(Err(echoed)))
             }
-            other => other,
+            Poll::Ready(None) => {
+                this.state.lock().expect("digest state poisoned").ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -99,7 +120,10 @@ pub async fn put_digested(
         limit,
         state: Arc::clone(&state),
     };
-    let result = store.put(key, Box::pin(stream), size_hint).await;
+    let running = RunningMd5(Arc::clone(&state));
+    let result = store
+        .put_with_md5(key, Box::pin(stream), size_hint, running)
+        .await;
     let mut state = state.lock().expect("digest state poisoned");
     // The body's own failure explains a store error better than the store's report of it.
     if state.over_limit {

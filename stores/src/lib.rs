@@ -27,7 +27,7 @@ pub mod swift;
 pub mod testing;
 
 pub use config::{open_store, StoreConfig};
-pub use digest::{put_digested, PutError, Stored};
+pub use digest::{put_digested, PutError, RunningMd5, Stored};
 pub use error::StoreError;
 pub use names::{ObjectKey, StoreName};
 
@@ -110,6 +110,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         body: ByteStream,
         size_hint: Option<u64>,
     ) -> Result<(), StoreError>;
+
+    /// [`put`](Store::put) of a body whose MD5 the caller computes anyway ([`put_digested`]):
+    /// `md5` gives it once the body has ended, for a store that checks its backend's checksum of
+    /// the whole object and would otherwise hash every byte a second time.
+    async fn put_with_md5(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        md5: RunningMd5,
+    ) -> Result<(), StoreError> {
+        let _ = md5;
+        self.put(key, body, size_hint).await
+    }
 
     /// Streams the object, or the byte range `range` of it.
     async fn get(

@@ -1,7 +1,9 @@
 //! The Swift store: objects in one container through the Swift v1 API; large ones as segments in a
 //! second container plus a Static Large Object manifest (a Dynamic one where the cluster has no
 //! SLO). It owns auth (v1 tokens, renewed on 401), segmenting and cleanup, and never hashes the
-//! image for the gateway: the only MD5 here is per object or segment, to check Swift's ETag.
+//! image for the gateway: the only MD5 here is per object or segment, to check Swift's ETag. A
+//! plain object written through [`crate::put_digested`] is not even hashed here: its ETag is
+//! checked against the caller's running MD5 of the body, which covers exactly the same bytes.
 //!
 //! How `put` chooses its shape:
 //!
@@ -40,8 +42,8 @@ use serde::Deserialize;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::{
-    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, Store, StoreError, StoreName,
-    SweepReport,
+    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, RunningMd5, Store, StoreError,
+    StoreName, SweepReport,
 };
 
 const MIB: u64 = 1 << 20;
@@ -375,6 +377,39 @@ impl SwiftStore {
 
     pub fn segment_container(&self) -> &str {
         &self.inner.segment_container
+    }
+
+    /// `put`, with the caller's MD5 of the whole body when it computes one.
+    async fn put_body(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        md5: Option<RunningMd5>,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.ensure_containers().await?;
+        let feed = Arc::new(Mutex::new(Feed::new(body)));
+        let mut guard = UploadGuard::new(Arc::clone(inner), key.clone());
+        let segmented = size_hint.is_none_or(|n| n >= inner.large_object_size);
+        let result = async {
+            if segmented && Feed::has_more(&feed).await.map_err(StoreError::Body)? {
+                inner.put_segmented(&feed, key, size_hint, &mut guard).await
+            } else {
+                inner.put_plain(&feed, key, &mut guard, md5.as_ref()).await
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                guard.disarm();
+                Ok(())
+            }
+            Err(e) => {
+                guard.clean_up().await;
+                Err(e)
+            }
+        }
     }
 
     /// Uses Dynamic Large Object manifests whatever the cluster offers, so tests can cover the
@@ -868,19 +903,24 @@ impl Inner {
 
     /// Streams the next `limit` bytes of `feed` (all that is left for `u64::MAX`) to
     /// `container/object` and checks Swift's ETag against their MD5. Returns their size and MD5.
+    /// `whole`, when the object is the whole body, is the caller's MD5 of it: then the bytes are
+    /// not hashed here a second time.
     async fn put_streamed(
         &self,
         feed: &Arc<Mutex<Feed>>,
         container: &str,
         object: &str,
         limit: u64,
+        whole: Option<&RunningMd5>,
     ) -> Result<(u64, String), StoreError> {
         let what = format!("uploading {container}/{object}");
         self.ready_to_stream(container).await?;
         let mut session = self.session().await?;
         let mut renewed = false;
         loop {
-            feed.lock().expect("feed lock").start(limit);
+            feed.lock()
+                .expect("feed lock")
+                .start(limit, whole.is_none());
             let finished = Arc::new(Notify::new());
             let body = FeedBody {
                 feed: Arc::clone(feed),
@@ -943,7 +983,17 @@ impl Inner {
                 return Err(self.status_error(&what, status));
             }
             self.confirm(&session);
-            let md5 = hex::encode(feed.lock().expect("feed lock").finish_md5());
+            let md5 = match whole {
+                None => hex::encode(feed.lock().expect("feed lock").finish_md5()),
+                Some(running) => match running.finished() {
+                    Some((size, md5)) if size == sent => hex::encode(md5),
+                    _ => {
+                        return Err(self.other(format!(
+                            "{what}: the checksum of the data sent is unavailable"
+                        )))
+                    }
+                },
+            };
             let etag = header_str(response.headers(), ETAG.as_str())
                 .map(|e| e.trim().trim_matches('"').to_ascii_lowercase());
             if etag.as_deref() != Some(md5.as_str()) {
@@ -960,10 +1010,11 @@ impl Inner {
         feed: &Arc<Mutex<Feed>>,
         key: &ObjectKey,
         guard: &mut UploadGuard,
+        whole: Option<&RunningMd5>,
     ) -> Result<(), StoreError> {
         guard.object_maybe_written = true;
         let result = self
-            .put_streamed(feed, &self.container, key.as_str(), u64::MAX)
+            .put_streamed(feed, &self.container, key.as_str(), u64::MAX, whole)
             .await;
         if matches!(result, Err(StoreError::Body(_))) {
             // An unfinished body is never committed; leave a previous object alone.
@@ -1007,7 +1058,13 @@ impl Inner {
             // Recorded before the PUT starts: a cancelled PUT may still have been committed.
             guard.segments.push(name.clone());
             let (size, etag) = self
-                .put_streamed(feed, &self.segment_container, &name, self.segment_size)
+                .put_streamed(
+                    feed,
+                    &self.segment_container,
+                    &name,
+                    self.segment_size,
+                    None,
+                )
                 .await?;
             segments.push(SegmentDone { name, size, etag });
             if !Feed::has_more(feed).await.map_err(StoreError::Body)? {
@@ -1321,6 +1378,8 @@ struct Feed {
     body_error: Option<io::Error>,
     remaining: u64,
     sent: u64,
+    /// Whether the bytes sent are hashed into `md5`.
+    hashing: bool,
     md5: Md5,
 }
 
@@ -1333,13 +1392,15 @@ impl Feed {
             body_error: None,
             remaining: 0,
             sent: 0,
+            hashing: true,
             md5: Md5::new(),
         }
     }
 
-    fn start(&mut self, limit: u64) {
+    fn start(&mut self, limit: u64, hashing: bool) {
         self.remaining = limit;
         self.sent = 0;
+        self.hashing = hashing;
         self.md5 = Md5::new();
     }
 
@@ -1407,7 +1468,9 @@ impl Stream for FeedBody {
                         let chunk = f.pending.split_to(n);
                         f.remaining -= n as u64;
                         f.sent += n as u64;
-                        f.md5.update(&chunk);
+                        if f.hashing {
+                            f.md5.update(&chunk);
+                        }
                         Some(Ok(chunk))
                     }
                 }
@@ -1528,29 +1591,18 @@ impl Store for SwiftStore {
         body: ByteStream,
         size_hint: Option<u64>,
     ) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        inner.ensure_containers().await?;
-        let feed = Arc::new(Mutex::new(Feed::new(body)));
-        let mut guard = UploadGuard::new(Arc::clone(inner), key.clone());
-        let segmented = size_hint.is_none_or(|n| n >= inner.large_object_size);
-        let result = async {
-            if segmented && Feed::has_more(&feed).await.map_err(StoreError::Body)? {
-                inner.put_segmented(&feed, key, size_hint, &mut guard).await
-            } else {
-                inner.put_plain(&feed, key, &mut guard).await
-            }
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                guard.disarm();
-                Ok(())
-            }
-            Err(e) => {
-                guard.clean_up().await;
-                Err(e)
-            }
-        }
+        self.put_body(key, body, size_hint, None).await
+    }
+
+    #[tracing::instrument(skip(self, body, md5), fields(store = %self.inner.name))]
+    async fn put_with_md5(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        md5: RunningMd5,
+    ) -> Result<(), StoreError> {
+        self.put_body(key, body, size_hint, Some(md5)).await
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
@@ -1847,7 +1899,7 @@ mod tests {
         let mut joined = vec![];
         let mut sizes = vec![];
         while Feed::has_more(&feed).await.unwrap() {
-            feed.lock().unwrap().start(10);
+            feed.lock().unwrap().start(10, true);
             let finished = Arc::new(Notify::new());
             let body = FeedBody {
                 feed: Arc::clone(&feed),
@@ -1872,7 +1924,7 @@ mod tests {
     async fn feed_keeps_the_body_error() {
         let body = crate::testing::failing_body(vec![7; 8], 4, 6);
         let feed = Arc::new(Mutex::new(Feed::new(body)));
-        feed.lock().unwrap().start(u64::MAX);
+        feed.lock().unwrap().start(u64::MAX, true);
         let body = FeedBody {
             feed: Arc::clone(&feed),
             finished: Arc::new(Notify::new()),

@@ -114,12 +114,13 @@ impl TestAppBuilder {
         self.remote_sources = Some(v);
         self
     }
-    pub fn extra_store(mut self, name: &str) -> Self {
-        self.extra_stores.push(name.to_owned());
+    /// Seconds an incomplete upload must age before a sweep removes it.
+    pub fn sweep_min_age(mut self, v: u64) -> Self {
+        self.sweep_min_age = Some(v);
         self
     }
-    pub fn sweep_min_age(mut self, secs: u64) -> Self {
-        self.sweep_min_age = Some(secs);
+    pub fn extra_store(mut self, name: &str) -> Self {
+        self.extra_stores.push(name.to_owned());
         self
     }
 
