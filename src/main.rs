@@ -68,7 +68,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
-    let config = Config::load(config_path.as_deref(), overrides)?;
+    let config =
+        tokio::task::spawn_blocking(move || Config::load(config_path.as_deref(), overrides))
+            .await??;
     let bind = config.bind;
     let state = glance_gateway::open_state(config).await?;
     let listener = tokio::net::TcpListener::bind(bind)
