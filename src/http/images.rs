@@ -17,6 +17,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::listing;
 use crate::model::{ImageRecord, ImageStatus};
 
+/// Downloads are relayed in chunks of up to this size.
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
+
 pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
     let config = &ctx.state.config;
     let query = list_query::parse(
@@ -102,7 +105,9 @@ pub async fn show(ctx: &Ctx, id: &str) -> ApiResult<Response> {
                 .ok_or_else(|| ApiError::internal(format!("bad stored key for {id}")))?;
             let object = store.get(&key, range.clone()).await?;
             let length = object.range.end - object.range.start;
-            let body = Body::from_stream(object.body.map_err(axum::Error::new));
+            let body = Body::from_stream(
+                stores::chunker::coalesce(object.body, DOWNLOAD_CHUNK).map_err(axum::Error::new),
+            );
             match range {
                 None => (StatusCode::OK, body, length, None),
                 Some(_) => {
@@ -150,7 +155,8 @@ async fn remote_download(
         header::CONTENT_LENGTH,
         HeaderValue::from(len.unwrap_or(record.size)),
     );
-    let mut response = Response::new(Body::from_stream(body.map_err(axum::Error::new)));
+    let body = stores::chunker::coalesce(body, DOWNLOAD_CHUNK).map_err(axum::Error::new);
+    let mut response = Response::new(Body::from_stream(body));
     response.headers_mut().extend(headers);
     Ok(response)
 }
