@@ -24,6 +24,8 @@ pub mod s3;
 pub mod swift;
 
 #[cfg(any(test, feature = "testing"))]
+pub mod test_backends;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use config::{open_store, StoreConfig};

@@ -15,28 +15,10 @@ const MIB: usize = 1024 * 1024;
 /// The smallest part S3 allows, so multipart paths run on small objects.
 const PART: usize = 5 * MIB;
 
-#[derive(Clone)]
-struct Env {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    access_key: String,
-    secret_key: String,
-}
+use stores::test_backends::S3TestEnv as Env;
 
 fn env() -> Option<Env> {
-    let endpoint = std::env::var("GATEWAY_TEST_S3_ENDPOINT").ok()?;
-    let var = |name: &str| {
-        std::env::var(name)
-            .unwrap_or_else(|_| panic!("GATEWAY_TEST_S3_ENDPOINT is set but {name} is not"))
-    };
-    Some(Env {
-        endpoint,
-        region: std::env::var("GATEWAY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        bucket: var("GATEWAY_TEST_S3_BUCKET"),
-        access_key: var("GATEWAY_TEST_S3_ACCESS_KEY"),
-        secret_key: var("GATEWAY_TEST_S3_SECRET_KEY"),
-    })
+    Env::from_env()
 }
 
 macro_rules! s3_env {

@@ -12,22 +12,10 @@ use stores::{put_digested, ObjectKey, PutError, Store, StoreError, StoreName};
 
 const SEG: usize = 64 * 1024;
 
-struct Env {
-    auth_url: String,
-    user: String,
-    key: String,
-}
+use stores::test_backends::{SwiftRaw as Raw, SwiftTestEnv as Env};
 
 fn env() -> Option<Env> {
-    let auth_url = std::env::var("GATEWAY_TEST_SWIFT_AUTH_URL").ok()?;
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with the auth URL"))
-    };
-    Some(Env {
-        auth_url,
-        user: var("GATEWAY_TEST_SWIFT_USER"),
-        key: var("GATEWAY_TEST_SWIFT_KEY"),
-    })
+    Env::from_env()
 }
 
 macro_rules! swift_env {
@@ -79,87 +67,6 @@ async fn open(config: serde_json::Value) -> Result<SwiftStore, StoreError> {
 /// A store with segments of `SEG` bytes, objects declared at `2 * SEG` or more segmented.
 async fn segmented_store(env: &Env, label: &str) -> Arc<SwiftStore> {
     Arc::new(open(base_config(env, &unique(label))).await.unwrap())
-}
-
-/// Swift as seen without the store: tempauth, then plain requests.
-struct Raw {
-    client: reqwest::Client,
-    storage_url: String,
-    token: String,
-}
-
-impl Raw {
-    async fn new(env: &Env) -> Self {
-        let client = reqwest::Client::new();
-        let response = client
-            .get(&env.auth_url)
-            .header("X-Auth-User", &env.user)
-            .header("X-Auth-Key", &env.key)
-            .send()
-            .await
-            .expect("auth");
-        assert!(
-            response.status().is_success(),
-            "auth: {}",
-            response.status()
-        );
-        let h = |n: &str| response.headers()[n].to_str().unwrap().to_owned();
-        Self {
-            storage_url: h("x-storage-url"),
-            token: h("x-auth-token"),
-            client,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.storage_url)
-    }
-
-    /// Names under `prefix` in `container`; a missing container lists as empty.
-    async fn list(&self, container: &str, prefix: &str) -> Vec<String> {
-        let response = self
-            .client
-            .get(self.url(container))
-            .query(&[("format", "json"), ("prefix", prefix)])
-            .header("X-Auth-Token", &self.token)
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 404 || response.status() == 204 {
-            return vec![];
-        }
-        assert!(
-            response.status().is_success(),
-            "list: {}",
-            response.status()
-        );
-        let entries: Vec<serde_json::Value> = response.json().await.unwrap();
-        entries
-            .iter()
-            .map(|e| e["name"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    async fn put(&self, path: &str, data: Vec<u8>) {
-        let response = self
-            .client
-            .put(self.url(path))
-            .header("X-Auth-Token", &self.token)
-            .body(data)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "put: {}", response.status());
-    }
-
-    async fn head(&self, path: &str) -> reqwest::Response {
-        self.client
-            .head(self.url(path))
-            .header("X-Auth-Token", &self.token)
-            .send()
-            .await
-            .unwrap()
-    }
 }
 
 fn segment_prefix(key: &ObjectKey) -> String {

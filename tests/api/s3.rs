@@ -29,28 +29,10 @@ const MIB: usize = 1024 * 1024;
 /// Part size and multipart threshold of every S3 store here.
 const PART: usize = 5 * MIB;
 
-#[derive(Clone)]
-struct S3Env {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    access_key: String,
-    secret_key: String,
-}
+use stores::test_backends::S3TestEnv as S3Env;
 
 fn s3_env() -> Option<S3Env> {
-    let endpoint = std::env::var("GATEWAY_TEST_S3_ENDPOINT").ok()?;
-    let var = |name: &str| {
-        std::env::var(name)
-            .unwrap_or_else(|_| panic!("GATEWAY_TEST_S3_ENDPOINT is set but {name} is not"))
-    };
-    Some(S3Env {
-        endpoint,
-        region: std::env::var("GATEWAY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        bucket: var("GATEWAY_TEST_S3_BUCKET"),
-        access_key: var("GATEWAY_TEST_S3_ACCESS_KEY"),
-        secret_key: var("GATEWAY_TEST_S3_SECRET_KEY"),
-    })
+    S3Env::from_env()
 }
 
 macro_rules! s3_env {

@@ -21,22 +21,10 @@ const LARGE: usize = 128 * 1024;
 /// Several segments and an odd tail.
 const BIG: usize = 5 * SEG + 1234;
 
-struct Env {
-    auth_url: String,
-    user: String,
-    key: String,
-}
+use stores::test_backends::{SwiftRaw, SwiftTestEnv as Env};
 
 fn env() -> Option<Env> {
-    let auth_url = std::env::var("GATEWAY_TEST_SWIFT_AUTH_URL").ok()?;
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with the auth URL"))
-    };
-    Some(Env {
-        auth_url,
-        user: var("GATEWAY_TEST_SWIFT_USER"),
-        key: var("GATEWAY_TEST_SWIFT_KEY"),
-    })
+    Env::from_env()
 }
 
 macro_rules! swift_env {
@@ -94,104 +82,27 @@ fn swift_meta(name: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// Swift as seen without the gateway: tempauth, then plain requests with the token.
-struct Raw {
-    client: reqwest::Client,
-    storage_url: String,
-    token: String,
+/// What the tests check in Swift: a container and its segment container.
+struct Raw(SwiftRaw);
+
+impl std::ops::Deref for Raw {
+    type Target = SwiftRaw;
+    fn deref(&self) -> &SwiftRaw {
+        &self.0
+    }
 }
 
 impl Raw {
     async fn new(env: &Env) -> Self {
-        let client = reqwest::Client::new();
-        let response = client
-            .get(&env.auth_url)
-            .header("X-Auth-User", &env.user)
-            .header("X-Auth-Key", &env.key)
-            .send()
-            .await
-            .expect("auth");
-        assert!(
-            response.status().is_success(),
-            "auth: {}",
-            response.status()
-        );
-        let h = |n: &str| response.headers()[n].to_str().unwrap().to_owned();
-        Self {
-            storage_url: h("x-storage-url"),
-            token: h("x-auth-token"),
-            client,
-        }
+        Self(SwiftRaw::new(env).await)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.storage_url)
-    }
-
-    /// Object names in `container`; a missing container lists as empty.
     async fn list(&self, container: &str) -> Vec<String> {
-        let response = self
-            .client
-            .get(self.url(container))
-            .query(&[("format", "json")])
-            .header("X-Auth-Token", &self.token)
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 404 || response.status() == 204 {
-            return vec![];
-        }
-        assert!(
-            response.status().is_success(),
-            "list: {}",
-            response.status()
-        );
-        let entries: Vec<Value> = response.json().await.unwrap();
-        entries
-            .iter()
-            .map(|e| e["name"].as_str().unwrap().to_owned())
-            .collect()
+        self.0.list(container, "").await
     }
 
     async fn segments(&self, container: &str) -> Vec<String> {
         self.list(&format!("{container}_segments")).await
-    }
-
-    async fn put(&self, path: &str, data: Vec<u8>) {
-        let response = self
-            .client
-            .put(self.url(path))
-            .header("X-Auth-Token", &self.token)
-            .body(data)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "put: {}", response.status());
-    }
-
-    async fn head(&self, path: &str) -> reqwest::Response {
-        self.client
-            .head(self.url(path))
-            .header("X-Auth-Token", &self.token)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn delete(&self, path: &str, query: &[(&str, &str)]) {
-        let response = self
-            .client
-            .delete(self.url(path))
-            .query(query)
-            .header("X-Auth-Token", &self.token)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "delete: {}",
-            response.status()
-        );
     }
 
     /// Asserts that the container and its segment container are (or soon become) empty:
