@@ -2,13 +2,15 @@
 //! processing order (validation, policy, visibility, then the change), and finding an image the
 //! caller may see. Data uploads are handed to `upload`.
 
-use stores::{ByteStream, ObjectKey};
+use std::sync::Arc;
+
+use stores::{ByteStream, ForeignObject, ObjectKey, Store};
 use url::Url;
 
 use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::image_meta::{validate_formats, MetaPatch};
-use crate::model::{ImageId, ImageRecord, ImageStatus, Timestamp};
+use crate::model::{ImageId, ImageRecord, ImageStatus, RegisteredLocation, Timestamp};
 use crate::registry::StoredImage;
 use crate::state::AppState;
 use crate::upload;
@@ -44,14 +46,56 @@ pub async fn find_visible(state: &AppState, caller: &Caller, id: &str) -> ApiRes
 /// The external sources a request names, validated.
 #[derive(Default)]
 struct ExternalSources {
-    location: Option<Url>,
+    location: Option<LocationSource>,
     copy_from: Option<Url>,
 }
 
+/// Where `x-image-meta-location` points.
+enum LocationSource {
+    /// An `http(s)` URL under the `remote_sources` policy.
+    Remote(Url),
+    /// An object an admin registered from one of our own stores' backends, outside the
+    /// namespace the gateway manages.
+    Registered {
+        store: Arc<dyn Store>,
+        object: ForeignObject,
+    },
+}
+
 impl ExternalSources {
-    fn first(&self) -> Option<&Url> {
-        self.location.as_ref().or(self.copy_from.as_ref())
+    fn any(&self) -> bool {
+        self.location.is_some() || self.copy_from.is_some()
     }
+
+    /// The size of the first source, when it reports one; a missing object is 404.
+    async fn probe_size(&self, state: &AppState) -> ApiResult<Option<u64>> {
+        match (&self.location, &self.copy_from) {
+            (Some(LocationSource::Remote(url)), _) | (None, Some(url)) => {
+                state.remote.probe_size(url).await
+            }
+            (Some(LocationSource::Registered { store, object }), _) => {
+                Ok(Some(store.head_foreign(object).await?))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Reads `x-image-meta-location`: our own stores' objects (admins only), else a remote URL.
+fn location_source(state: &AppState, caller: &Caller, text: &str) -> ApiResult<LocationSource> {
+    let found = state
+        .stores
+        .iter()
+        .find_map(|store| store.foreign_object(text).map(|o| (Arc::clone(store), o)));
+    if let Some((store, object)) = found {
+        if !caller.is_admin {
+            return Err(ApiError::forbidden(
+                "Only admins may register objects of the image stores as locations.",
+            ));
+        }
+        return Ok(LocationSource::Registered { store, object });
+    }
+    state.remote.validate(text).map(LocationSource::Remote)
 }
 
 /// Checks done before anything is created or changed (POST steps 1–8, PUT steps 1–2, 8).
@@ -80,7 +124,7 @@ fn precheck(
             .patch
             .location
             .as_deref()
-            .map(|l| state.remote.validate(l))
+            .map(|l| location_source(state, caller, l))
             .transpose()?,
         copy_from: req
             .copy_from
@@ -197,11 +241,11 @@ async fn attach_source(
     if let Some(data) = req.data {
         return upload_data(state, &record, store_name, data).await;
     }
-    if let Some(url) = sources.location {
+    if sources.location.is_some() {
         require_formats(&record)?;
         let remote_size = match probed_size {
             Some(s) => Some(s),
-            None => state.remote.probe_size(&url).await?,
+            None => sources.probe_size(state).await?,
         };
         let supplied = req.patch.size.filter(|s| *s > 0);
         if let (Some(supplied), Some(remote)) = (supplied, remote_size.filter(|s| *s > 0)) {
@@ -212,7 +256,17 @@ async fn attach_source(
             }
         }
         let size = supplied.or(remote_size).unwrap_or(0);
-        let url = url.to_string();
+        let (remote_url, registered) = match sources.location {
+            Some(LocationSource::Remote(url)) => (Some(url.to_string()), None),
+            Some(LocationSource::Registered { store, object }) => (
+                None,
+                Some(RegisteredLocation {
+                    store: store.name().to_string(),
+                    object,
+                }),
+            ),
+            None => (None, None),
+        };
         return Ok(state
             .registry
             .update::<ApiError, _>(&record.id, move |s| {
@@ -220,7 +274,8 @@ async fn attach_source(
                     return Err(ApiError::conflict("Cannot upload to an unqueued image"));
                 }
                 s.record.status = ImageStatus::Active;
-                s.record.remote_url = Some(url.clone());
+                s.record.remote_url = remote_url.clone();
+                s.record.registered = registered.clone();
                 s.record.size = size;
                 s.record.updated_at = Timestamp::now();
                 Ok(())
@@ -276,9 +331,9 @@ pub async fn create(
         None => ImageId::random(),
     };
     // The remote size is asked before anything is created: a missing object creates nothing.
-    let probed_size = match (sources.first(), req.patch.size) {
-        (Some(url), None) => state.remote.probe_size(url).await?,
-        _ => None,
+    let probed_size = match req.patch.size {
+        None => sources.probe_size(state).await?,
+        Some(_) => None,
     };
     let mut record = ImageRecord::new(id, Timestamp::now());
     record.owner = caller.owner.clone();
@@ -286,7 +341,7 @@ pub async fn create(
     if record.size == 0 {
         record.size = probed_size.unwrap_or(0);
     }
-    let has_source = req.data.is_some() || sources.first().is_some();
+    let has_source = req.data.is_some() || sources.any();
     if req.patch.size == Some(0) && !has_source {
         record.status = ImageStatus::Active;
     }
@@ -353,7 +408,7 @@ pub async fn update(
     if req.data.is_some() && current.status != ImageStatus::Queued {
         return Err(ApiError::conflict("Cannot upload to an unqueued image"));
     }
-    if sources.first().is_some() && current.status != ImageStatus::Queued {
+    if sources.any() && current.status != ImageStatus::Queued {
         return Err(ApiError::bad_request(
             "Attempted to update Location field for an image not in queued status.",
         ));
@@ -384,7 +439,7 @@ pub async fn update(
         })
         .await?
         .record;
-    let has_source = req.data.is_some() || sources.first().is_some();
+    let has_source = req.data.is_some() || sources.any();
     if !has_source {
         return Ok(updated);
     }

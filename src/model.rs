@@ -132,6 +132,17 @@ pub struct ImageRecord {
     /// An external `http(s)` location the data is read from (never deleted by us).
     #[serde(default)]
     pub remote_url: Option<String>,
+    /// An object of one of our stores' backends, outside the namespace the gateway manages, that
+    /// an admin registered as the location (never deleted by us).
+    #[serde(default)]
+    pub registered: Option<RegisteredLocation>,
+}
+
+/// A registered object: the store whose backend holds it, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredLocation {
+    pub store: String,
+    pub object: stores::ForeignObject,
 }
 
 impl ImageRecord {
@@ -157,6 +168,7 @@ impl ImageRecord {
             properties: BTreeMap::new(),
             location: None,
             remote_url: None,
+            registered: None,
         }
     }
 }

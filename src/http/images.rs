@@ -47,6 +47,15 @@ fn direct_url(ctx: &Ctx, record: &ImageRecord) -> Option<String> {
     if !(ctx.state.config.show_image_direct_url && ctx.caller.is_admin) {
         return None;
     }
+    if let Some(reg) = &record.registered {
+        let store = ctx.state.stores.get(&reg.store)?;
+        return Some(format!(
+            "{}://{}/{}",
+            store.kind(),
+            reg.object.container,
+            reg.object.name
+        ));
+    }
     let loc = record.location.as_ref()?;
     let store = ctx.state.stores.get(&loc.store)?;
     Some(store.describe(&ObjectKey::parse(&loc.key)?))
@@ -96,14 +105,22 @@ pub async fn show(ctx: &Ctx, id: &str) -> ApiResult<Response> {
         ByteRangeRequest::Range(r) => Some(r),
     };
     // An empty image has no data in any store.
-    let (status, body, length, content_range) = match (&record.location, record.size) {
-        (_, 0) => (StatusCode::OK, Body::empty(), 0, None),
-        (None, _) => return remote_download(ctx, &record, headers).await,
-        (Some(loc), _) => {
-            let store = ctx.state.store_named(&loc.store)?;
-            let key = ObjectKey::parse(&loc.key)
-                .ok_or_else(|| ApiError::internal(format!("bad stored key for {id}")))?;
-            let object = store.get(&key, range.clone()).await?;
+    let object = if record.size == 0 {
+        None
+    } else if let Some(loc) = &record.location {
+        let key = ObjectKey::parse(&loc.key)
+            .ok_or_else(|| ApiError::internal(format!("bad stored key for {id}")))?;
+        let store = ctx.state.store_named(&loc.store)?;
+        Some(store.get(&key, range.clone()).await?)
+    } else if let Some(reg) = &record.registered {
+        let store = ctx.state.store_named(&reg.store)?;
+        Some(store.get_foreign(&reg.object, range.clone()).await?)
+    } else {
+        return remote_download(ctx, &record, headers).await;
+    };
+    let (status, body, length, content_range) = match object {
+        None => (StatusCode::OK, Body::empty(), 0, None),
+        Some(object) => {
             let length = object.range.end - object.range.start;
             let body = Body::from_stream(
                 stores::chunker::coalesce(object.body, DOWNLOAD_CHUNK).map_err(axum::Error::new),

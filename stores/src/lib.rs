@@ -61,6 +61,34 @@ pub struct ObjectInfo {
     pub last_modified: Option<SystemTime>,
 }
 
+/// An object of a store's backend that the gateway does not manage — outside its prefix, root or
+/// container — which an admin registered as an image's location. The gateway only reads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForeignObject {
+    /// The bucket or container.
+    pub container: String,
+    /// The object's name inside it.
+    pub name: String,
+}
+
+impl ForeignObject {
+    /// A plain object path: `/`-separated segments of unreserved URL characters
+    /// (`A-Z a-z 0-9 . _ ~ -`), none empty, `.` or `..` — so no encoding, query or dot segment
+    /// can make it name anything but itself (least of all an object the gateway manages).
+    pub fn is_plain_path(path: &str) -> bool {
+        !path.is_empty()
+            && path.len() <= 1024
+            && path.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-')
+                    })
+            })
+    }
+}
+
 /// What a sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
@@ -125,6 +153,36 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> Result<(), StoreError> {
         let _ = md5;
         self.put(key, body, size_hint).await
+    }
+
+    /// The object `uri` names (`s3://bucket/key`, `swift://container/object`) when it lies in this
+    /// store's backend but outside the namespace the store manages; `None` otherwise, including
+    /// for every object of the gateway's own.
+    fn foreign_object(&self, uri: &str) -> Option<ForeignObject> {
+        let _ = uri;
+        None
+    }
+
+    /// The length of a [`foreign_object`](Store::foreign_object).
+    async fn head_foreign(&self, object: &ForeignObject) -> Result<u64, StoreError> {
+        let _ = object;
+        Err(StoreError::other(
+            self.name().as_str(),
+            "this store reads only objects it manages",
+        ))
+    }
+
+    /// Streams a [`foreign_object`](Store::foreign_object), or a range of it, as [`get`](Store::get).
+    async fn get_foreign(
+        &self,
+        object: &ForeignObject,
+        range: Option<Range<u64>>,
+    ) -> Result<GetObject, StoreError> {
+        let _ = (object, range);
+        Err(StoreError::other(
+            self.name().as_str(),
+            "this store reads only objects it manages",
+        ))
     }
 
     /// Streams the object, or the byte range `range` of it.

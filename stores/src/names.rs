@@ -81,6 +81,19 @@ mod tests {
     }
 
     #[test]
+    fn foreign_paths_are_plain() {
+        use crate::ForeignObject;
+        for good in ["images/ubuntu.qcow2", "a", "x-1_2.3~4"] {
+            assert!(ForeignObject::is_plain_path(good), "{good:?}");
+        }
+        for bad in [
+            "", "..", "a/../b", "./a", "a//b", "a/", "a b", "a?b", "a#b", "a%2e", "é",
+        ] {
+            assert!(!ForeignObject::is_plain_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn store_names() {
         assert!(StoreName::parse("s3").is_some());
         assert!(StoreName::parse("minio-eu_1").is_some());

@@ -30,8 +30,8 @@ use tokio::task::JoinSet;
 
 use crate::chunker::{BufferPool, Chunker};
 use crate::{
-    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, Store, StoreError, StoreName,
-    SweepReport,
+    clip_range, ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, Store, StoreError,
+    StoreName, SweepReport,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -470,7 +470,7 @@ impl Inner {
     /// Maps an SDK error to a `StoreError`. Messages carry the operation, the S3 error code and
     /// message and the endpoint, never a credential: the SDK's own errors contain none, and the
     /// raw request (which holds the signature) is not included.
-    fn map_err<E>(&self, op: &str, key: Option<&ObjectKey>, err: SdkError<E>) -> StoreError
+    fn map_err<E>(&self, op: &str, key: Option<&str>, err: SdkError<E>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
@@ -574,7 +574,73 @@ impl Inner {
         }
     }
 
-    async fn head_len(&self, full: &str, key: &ObjectKey) -> Result<u64, StoreError> {
+    /// Streams the object at bucket key `full` (or a range of it); `key` names it in errors.
+    async fn get_at(
+        &self,
+        full: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<GetObject, StoreError> {
+        let inner = self;
+        let unsatisfiable = |len| StoreError::RangeNotSatisfiable { len };
+        if let Some(r) = &range {
+            if r.start >= r.end {
+                return Err(unsatisfiable(inner.head_len(full, key).await?));
+            }
+        }
+        let mut request = inner.client.get_object().bucket(&inner.bucket).key(full);
+        if let Some(r) = &range {
+            request = request.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e)
+                if e.code() == Some("InvalidRange")
+                    || e.raw_response().map(|r| r.status().as_u16()) == Some(416) =>
+            {
+                return Err(unsatisfiable(inner.head_len(full, key).await?));
+            }
+            Err(e) => return Err(inner.map_err("GetObject", Some(key), e)),
+        };
+        let length = out.content_length().unwrap_or(0).max(0) as u64;
+        let content_range = out.content_range().map(str::to_owned);
+        let body = body_stream(out.body);
+        match (range, content_range) {
+            (None, _) => Ok(GetObject {
+                body,
+                range: 0..length,
+                total_len: length,
+            }),
+            (Some(asked), Some(content_range)) => {
+                let (got, total_len) = parse_content_range(&content_range)
+                    .filter(|(got, total)| {
+                        clip_range(Some(asked.clone()), *total).ok().as_ref() == Some(got)
+                    })
+                    .ok_or_else(|| {
+                        StoreError::other(
+                            inner.store(),
+                            format!("GetObject: unexpected Content-Range {content_range:?}"),
+                        )
+                    })?;
+                Ok(GetObject {
+                    body,
+                    range: got,
+                    total_len,
+                })
+            }
+            // The server ignored the Range header and sent the whole object.
+            (Some(asked), None) => {
+                let got = clip_range(Some(asked), length)?;
+                Ok(GetObject {
+                    body: slice_stream(body, got.clone()),
+                    range: got,
+                    total_len: length,
+                })
+            }
+        }
+    }
+
+    async fn head_len(&self, full: &str, key: &str) -> Result<u64, StoreError> {
         let out = self
             .client
             .head_object()
@@ -602,7 +668,7 @@ impl Inner {
             .disable_payload_signing()
             .send()
             .await
-            .map_err(|e| self.map_err("PutObject", Some(key), e))?;
+            .map_err(|e| self.map_err("PutObject", Some(key.as_str()), e))?;
         Ok(())
     }
 
@@ -631,7 +697,7 @@ impl Inner {
             .disable_payload_signing()
             .send()
             .await
-            .map_err(|e| self.map_err("UploadPart", Some(&key), e))?;
+            .map_err(|e| self.map_err("UploadPart", Some(key.as_str()), e))?;
         pool.recycle(buffer);
         let etag = out
             .e_tag()
@@ -838,7 +904,7 @@ impl Multipart {
             )
             .send()
             .await
-            .map_err(|e| inner.map_err("CompleteMultipartUpload", Some(&self.key), e))?;
+            .map_err(|e| inner.map_err("CompleteMultipartUpload", Some(self.key.as_str()), e))?;
         Ok(())
     }
 
@@ -957,6 +1023,32 @@ impl Store for S3Store {
         format!("s3://{}/{}", self.inner.bucket, self.inner.full_key(key))
     }
 
+    fn foreign_object(&self, uri: &str) -> Option<ForeignObject> {
+        let (bucket, name) = uri.strip_prefix("s3://")?.split_once('/')?;
+        let inner = &self.inner;
+        // With no prefix the whole bucket is the gateway's: nothing in it is foreign.
+        let foreign = bucket == inner.bucket
+            && !inner.prefix.is_empty()
+            && ForeignObject::is_plain_path(name)
+            && !name.starts_with(&inner.prefix);
+        foreign.then(|| ForeignObject {
+            container: bucket.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    async fn head_foreign(&self, object: &ForeignObject) -> Result<u64, StoreError> {
+        self.inner.head_len(&object.name, &object.name).await
+    }
+
+    async fn get_foreign(
+        &self,
+        object: &ForeignObject,
+        range: Option<Range<u64>>,
+    ) -> Result<GetObject, StoreError> {
+        self.inner.get_at(&object.name, &object.name, range).await
+    }
+
     fn endpoints(&self) -> Vec<String> {
         let label = &self.inner.endpoint_label;
         if label.starts_with("http://") || label.starts_with("https://") {
@@ -1016,7 +1108,7 @@ impl Store for S3Store {
             .content_type(CONTENT_TYPE)
             .send()
             .await
-            .map_err(|e| inner.map_err("CreateMultipartUpload", Some(key), e))?;
+            .map_err(|e| inner.map_err("CreateMultipartUpload", Some(key.as_str()), e))?;
         let upload_id = created.upload_id().ok_or_else(|| {
             StoreError::other(inner.store(), "CreateMultipartUpload: no upload id")
         })?;
@@ -1091,7 +1183,7 @@ impl Store for S3Store {
                         .send()
                         .await
                     {
-                        let e = inner.map_err("DeleteObject", Some(key), e);
+                        let e = inner.map_err("DeleteObject", Some(key.as_str()), e);
                         tracing::warn!(
                             store = %inner.name, key = &*upload.full, error = %e,
                             "removing a possibly completed object failed"
@@ -1109,64 +1201,8 @@ impl Store for S3Store {
         key: &ObjectKey,
         range: Option<Range<u64>>,
     ) -> Result<GetObject, StoreError> {
-        let inner = &self.inner;
-        let full = inner.full_key(key);
-        let unsatisfiable = |len| StoreError::RangeNotSatisfiable { len };
-        if let Some(r) = &range {
-            if r.start >= r.end {
-                return Err(unsatisfiable(inner.head_len(&full, key).await?));
-            }
-        }
-        let mut request = inner.client.get_object().bucket(&inner.bucket).key(&full);
-        if let Some(r) = &range {
-            request = request.range(format!("bytes={}-{}", r.start, r.end - 1));
-        }
-        let out = match request.send().await {
-            Ok(out) => out,
-            Err(e)
-                if e.code() == Some("InvalidRange")
-                    || e.raw_response().map(|r| r.status().as_u16()) == Some(416) =>
-            {
-                return Err(unsatisfiable(inner.head_len(&full, key).await?));
-            }
-            Err(e) => return Err(inner.map_err("GetObject", Some(key), e)),
-        };
-        let length = out.content_length().unwrap_or(0).max(0) as u64;
-        let content_range = out.content_range().map(str::to_owned);
-        let body = body_stream(out.body);
-        match (range, content_range) {
-            (None, _) => Ok(GetObject {
-                body,
-                range: 0..length,
-                total_len: length,
-            }),
-            (Some(asked), Some(content_range)) => {
-                let (got, total_len) = parse_content_range(&content_range)
-                    .filter(|(got, total)| {
-                        clip_range(Some(asked.clone()), *total).ok().as_ref() == Some(got)
-                    })
-                    .ok_or_else(|| {
-                        StoreError::other(
-                            inner.store(),
-                            format!("GetObject: unexpected Content-Range {content_range:?}"),
-                        )
-                    })?;
-                Ok(GetObject {
-                    body,
-                    range: got,
-                    total_len,
-                })
-            }
-            // The server ignored the Range header and sent the whole object.
-            (Some(asked), None) => {
-                let got = clip_range(Some(asked), length)?;
-                Ok(GetObject {
-                    body: slice_stream(body, got.clone()),
-                    range: got,
-                    total_len: length,
-                })
-            }
-        }
+        let full = self.inner.full_key(key);
+        self.inner.get_at(&full, key.as_str(), range).await
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
@@ -1180,7 +1216,7 @@ impl Store for S3Store {
             .key(&full)
             .send()
             .await
-            .map_err(|e| inner.map_err("DeleteObject", Some(key), e))
+            .map_err(|e| inner.map_err("DeleteObject", Some(key.as_str()), e))
         {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}

@@ -42,8 +42,8 @@ use serde::Deserialize;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::{
-    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, RunningMd5, Store, StoreError,
-    StoreName, SweepReport,
+    clip_range, ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, RunningMd5, Store,
+    StoreError, StoreName, SweepReport,
 };
 
 const MIB: u64 = 1 << 20;
@@ -606,10 +606,10 @@ impl Inner {
         self.failure(what, Failure::Status(status))
     }
 
-    fn not_found(&self, key: &ObjectKey) -> StoreError {
+    fn not_found(&self, key: &str) -> StoreError {
         StoreError::NotFound {
             store: self.store().to_owned(),
-            key: key.to_string(),
+            key: key.to_owned(),
         }
     }
 
@@ -1167,13 +1167,81 @@ impl Inner {
         }
     }
 
+    /// Streams `object` of `container` (or a range of it).
+    async fn get_at(
+        &self,
+        container: &str,
+        object: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<GetObject, StoreError> {
+        let inner = self;
+        if let Some(r) = &range {
+            if r.start >= r.end {
+                let len = inner.head_len_at(container, object).await?;
+                return Err(StoreError::RangeNotSatisfiable { len });
+            }
+        }
+        let what = format!("reading {object}");
+        let response = inner
+            .send(&what, inner.request_timeout, |s| {
+                let request = inner.request(s, Method::GET, container, Some(object));
+                match &range {
+                    Some(r) => request.header(RANGE, format!("bytes={}-{}", r.start, r.end - 1)),
+                    None => request,
+                }
+            })
+            .await?;
+        let headers = response.headers();
+        let (served, total_len, skip) = match response.status() {
+            StatusCode::NOT_FOUND => return Err(inner.not_found(object)),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let len = inner.head_len_at(container, object).await?;
+                return Err(StoreError::RangeNotSatisfiable { len });
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let (served, total) = header_str(headers, "content-range")
+                    .and_then(parse_content_range)
+                    .ok_or_else(|| inner.other(format!("{what}: bad Content-Range from Swift")))?;
+                (served, total, 0)
+            }
+            StatusCode::OK => {
+                let total = content_length(headers)
+                    .ok_or_else(|| inner.other(format!("{what}: Swift gave no length")))?;
+                // The whole object came back: serve the asked range out of it.
+                let served = clip_range(range.clone(), total)?;
+                (served.clone(), total, served.start)
+            }
+            s => return Err(inner.status_error(&what, s)),
+        };
+        if let Some(r) = &range {
+            if served.start != r.start || served.end != r.end.min(total_len) {
+                return Err(inner.other(format!("{what}: Swift served another range")));
+            }
+        }
+        let body = exact_body(
+            response,
+            skip,
+            served.end - served.start,
+            inner.read_timeout,
+        );
+        Ok(GetObject {
+            body,
+            range: served,
+            total_len,
+        })
+    }
+
     async fn head_len(&self, key: &ObjectKey) -> Result<u64, StoreError> {
+        self.head_len_at(&self.container, key.as_str()).await
+    }
+
+    async fn head_len_at(&self, container: &str, object: &str) -> Result<u64, StoreError> {
         let headers = self
-            .head(&self.container, key.as_str())
+            .head(container, object)
             .await?
-            .ok_or_else(|| self.not_found(key))?;
+            .ok_or_else(|| self.not_found(object))?;
         content_length(&headers)
-            .ok_or_else(|| self.other(format!("Swift gave no length for {key}")))
+            .ok_or_else(|| self.other(format!("Swift gave no length for {object}")))
     }
 
     async fn delete_object(&self, container: &str, object: &str) -> Result<(), StoreError> {
@@ -1611,61 +1679,40 @@ impl Store for SwiftStore {
         key: &ObjectKey,
         range: Option<Range<u64>>,
     ) -> Result<GetObject, StoreError> {
+        self.inner
+            .get_at(&self.inner.container, key.as_str(), range)
+            .await
+    }
+
+    fn foreign_object(&self, uri: &str) -> Option<ForeignObject> {
+        let (container, name) = uri.strip_prefix("swift://")?.split_once('/')?;
         let inner = &self.inner;
-        if let Some(r) = &range {
-            if r.start >= r.end {
-                let len = inner.head_len(key).await?;
-                return Err(StoreError::RangeNotSatisfiable { len });
-            }
-        }
-        let what = format!("reading {key}");
-        let response = inner
-            .send(&what, inner.request_timeout, |s| {
-                let request = inner.request(s, Method::GET, &inner.container, Some(key.as_str()));
-                match &range {
-                    Some(r) => request.header(RANGE, format!("bytes={}-{}", r.start, r.end - 1)),
-                    None => request,
-                }
-            })
-            .await?;
-        let headers = response.headers();
-        let (served, total_len, skip) = match response.status() {
-            StatusCode::NOT_FOUND => return Err(inner.not_found(key)),
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                let len = inner.head_len(key).await?;
-                return Err(StoreError::RangeNotSatisfiable { len });
-            }
-            StatusCode::PARTIAL_CONTENT => {
-                let (served, total) = header_str(headers, "content-range")
-                    .and_then(parse_content_range)
-                    .ok_or_else(|| inner.other(format!("{what}: bad Content-Range from Swift")))?;
-                (served, total, 0)
-            }
-            StatusCode::OK => {
-                let total = content_length(headers)
-                    .ok_or_else(|| inner.other(format!("{what}: Swift gave no length")))?;
-                // The whole object came back: serve the asked range out of it.
-                let served = clip_range(range.clone(), total)?;
-                (served.clone(), total, served.start)
-            }
-            s => return Err(inner.status_error(&what, s)),
-        };
-        if let Some(r) = &range {
-            if served.start != r.start || served.end != r.end.min(total_len) {
-                return Err(inner.other(format!("{what}: Swift served another range")));
-            }
-        }
-        let body = exact_body(
-            response,
-            skip,
-            served.end - served.start,
-            inner.read_timeout,
-        );
-        Ok(GetObject {
-            body,
-            range: served,
-            total_len,
+        // The gateway's container and segment container are its own, whole.
+        let foreign = !container.contains('/')
+            && ForeignObject::is_plain_path(container)
+            && container != inner.container
+            && container != inner.segment_container
+            && ForeignObject::is_plain_path(name);
+        foreign.then(|| ForeignObject {
+            container: container.to_owned(),
+            name: name.to_owned(),
         })
+    }
+
+    async fn head_foreign(&self, object: &ForeignObject) -> Result<u64, StoreError> {
+        self.inner
+            .head_len_at(&object.container, &object.name)
+            .await
+    }
+
+    async fn get_foreign(
+        &self,
+        object: &ForeignObject,
+        range: Option<Range<u64>>,
+    ) -> Result<GetObject, StoreError> {
+        self.inner
+            .get_at(&object.container, &object.name, range)
+            .await
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.inner.name))]

@@ -783,3 +783,117 @@ async fn s3_control_backend_stopped_mid_upload() {
     bucket.assert_nothing_left(&id).await;
     assert!(download(&app, &kept_id).await == kept);
 }
+
+/// Spec §0.17: an admin may register an object of the store's bucket outside the gateway's
+/// prefix; it is served (ranges too) and never deleted. Others get 403; objects inside the
+/// prefix, or missing, are refused.
+#[tokio::test]
+async fn s3_admins_register_objects_outside_the_prefix() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "registered");
+    let app = TestApp::builder()
+        .trusted_headers()
+        .store("s3", bucket.store())
+        .show_image_direct_url(true)
+        .spawn()
+        .await;
+    let outside = format!(
+        "gateway-http-test/outside-{}/image.raw",
+        uuid::Uuid::new_v4().simple()
+    );
+    let data = pattern(300_003);
+    bucket
+        .sdk
+        .put_object()
+        .bucket(&env.bucket)
+        .key(&outside)
+        .body(data.clone().into())
+        .send()
+        .await
+        .expect("PutObject");
+    let uri = format!("s3://{}/{outside}", env.bucket);
+    let meta = |location: &str| {
+        meta_headers(&[
+            ("x-image-meta-disk_format", "raw"),
+            ("x-image-meta-container_format", "bare"),
+            ("x-image-meta-location", location),
+        ])
+    };
+    let admin = Who::admin("ops");
+    let tenant = Who::tenant("t1");
+
+    let (code, body) = send(app.post("/v1/images").headers(meta(&uri)).who(&tenant)).await;
+    assert_eq!(code, 403, "{body}");
+
+    let resp = app
+        .post("/v1/images")
+        .headers(meta(&uri))
+        .who(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let image = json(resp).await["image"].clone();
+    assert_eq!(image["status"], "active");
+    assert_eq!(image["size"], data.len());
+    assert_eq!(image["location"], uri.as_str());
+    let id = image["id"].as_str().unwrap().to_owned();
+    let got = app
+        .get(&format!("/v1/images/{id}"))
+        .who(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+    let part = app
+        .get(&format!("/v1/images/{id}"))
+        .who(&admin)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &data[100..200]);
+
+    // Deleting the image leaves the object alone.
+    assert_eq!(
+        status(app.delete(&format!("/v1/images/{id}")).who(&admin)).await,
+        200
+    );
+    let head = bucket
+        .sdk
+        .head_object()
+        .bucket(&env.bucket)
+        .key(&outside)
+        .send()
+        .await;
+    assert!(head.is_ok(), "the registered object was deleted");
+
+    // Inside the gateway's own prefix, and missing objects, are refused.
+    let inside = format!("s3://{}/{}someone-elses-image", env.bucket, bucket.prefix);
+    let (code, _) = send(app.post("/v1/images").headers(meta(&inside)).who(&admin)).await;
+    assert_eq!(code, 400);
+    let missing = format!(
+        "s3://{}/gateway-http-test/missing-{}",
+        env.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let before = list_ids(&app, "/v1/images?is_public=none", Some(&admin))
+        .await
+        .len();
+    let (code, _) = send(app.post("/v1/images").headers(meta(&missing)).who(&admin)).await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        list_ids(&app, "/v1/images?is_public=none", Some(&admin))
+            .await
+            .len(),
+        before
+    );
+    let _ = bucket
+        .sdk
+        .delete_object()
+        .bucket(&env.bucket)
+        .key(&outside)
+        .send()
+        .await;
+}

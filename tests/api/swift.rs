@@ -645,3 +645,85 @@ async fn sweep_removes_abandoned_segments_and_keeps_live_ones() {
     assert_eq!(raw.list(&container).await, vec![live.clone()]);
     assert!(download(&app, &live).await == data);
 }
+
+/// Spec §0.17: an admin may register an object of another container of the account; it is served
+/// (ranges too) and never deleted. Others get 403; the gateway's own containers are refused.
+#[tokio::test]
+async fn admins_register_objects_of_other_containers() {
+    let env = swift_env!();
+    let container = unique_container();
+    let app = TestApp::builder()
+        .trusted_headers()
+        .store("swift", store_config(swift_json(&env, &container)))
+        .spawn()
+        .await;
+    let raw = Raw::new(&env).await;
+    let other = unique_container();
+    raw.put(&other, vec![]).await;
+    let data = pattern(BIG);
+    raw.put(&format!("{other}/images/base.raw"), data.clone())
+        .await;
+    let meta = |location: &str| {
+        meta_headers(&[
+            ("x-image-meta-disk_format", "raw"),
+            ("x-image-meta-container_format", "bare"),
+            ("x-image-meta-location", location),
+        ])
+    };
+    let admin = Who::admin("ops");
+    let uri = format!("swift://{other}/images/base.raw");
+
+    let (code, _) = send(
+        app.post("/v1/images")
+            .headers(meta(&uri))
+            .who(&Who::tenant("t1")),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let resp = app
+        .post("/v1/images")
+        .headers(meta(&uri))
+        .who(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let image = json(resp).await["image"].clone();
+    assert_eq!(image["status"], "active");
+    assert_eq!(image["size"], BIG);
+    let id = image["id"].as_str().unwrap().to_owned();
+    let got = app
+        .get(&format!("/v1/images/{id}"))
+        .who(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+    let part = app
+        .get(&format!("/v1/images/{id}"))
+        .who(&admin)
+        .header("range", "bytes=10-20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &data[10..21]);
+    assert_eq!(
+        status(app.delete(&format!("/v1/images/{id}")).who(&admin)).await,
+        200
+    );
+    assert_eq!(raw.list(&other).await, vec!["images/base.raw".to_owned()]);
+
+    // The gateway's own containers, dot segments and missing objects are refused.
+    for (location, want) in [
+        (format!("swift://{container}/{id}"), 400),
+        (format!("swift://{container}_segments/x"), 400),
+        (format!("swift://{other}/images/../x"), 400),
+        (format!("swift://{other}/missing"), 404),
+    ] {
+        let (code, body) = send(app.post("/v1/images").headers(meta(&location)).who(&admin)).await;
+        assert_eq!(code, want, "{location}: {body}");
+    }
+    raw.delete(&format!("{other}/images/base.raw"), &[]).await;
+    raw.delete(&other, &[]).await;
+}
