@@ -3,7 +3,7 @@
 
 use axum::http::HeaderMap;
 
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, PublicizeImage};
 use crate::error::{ApiError, ApiResult};
 use crate::model::ImageRecord;
 use crate::registry::StoredImage;
@@ -138,9 +138,9 @@ impl Caller {
         Ok(())
     }
 
-    /// Only admins may make an image public (`publicize_image`).
-    pub fn check_publicize(&self, makes_public: bool) -> ApiResult<()> {
-        if makes_public && !self.is_admin {
+    /// Making an image public needs the `publicize_image` policy: admins only by default.
+    pub fn check_publicize(&self, makes_public: bool, policy: PublicizeImage) -> ApiResult<()> {
+        if makes_public && policy == PublicizeImage::Admin && !self.is_admin {
             return Err(ApiError::forbidden(
                 "You are not authorized to make images public.",
             ));

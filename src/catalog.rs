@@ -118,7 +118,7 @@ fn precheck(
         )));
     }
     caller.check_writable()?;
-    caller.check_publicize(req.patch.is_public == Some(true))?;
+    caller.check_publicize(req.patch.is_public == Some(true), config.publicize_image)?;
     let sources = ExternalSources {
         location: req
             .patch

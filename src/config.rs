@@ -27,6 +27,16 @@ pub enum RemoteSources {
     Off,
 }
 
+/// Who may make an image public (Glance's `publicize_image` policy rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublicizeImage {
+    /// Only callers with the admin role (the default).
+    Admin,
+    /// Every caller that may create or update the image.
+    Anyone,
+}
+
 /// The file as written; `None` means "not set".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +49,7 @@ pub struct ConfigFile {
     pub owner_is_tenant: Option<bool>,
     pub admin_role: Option<String>,
     pub allow_anonymous_access: Option<bool>,
+    pub publicize_image: Option<PublicizeImage>,
     pub image_size_cap: Option<u64>,
     pub user_storage_quota: Option<QuotaValue>,
     pub image_property_quota: Option<i64>,
@@ -115,6 +126,7 @@ pub struct Config {
     pub owner_is_tenant: bool,
     pub admin_role: String,
     pub allow_anonymous_access: bool,
+    pub publicize_image: PublicizeImage,
     pub image_size_cap: u64,
     pub user_storage_quota: u64,
     pub image_property_quota: i64,
@@ -229,6 +241,7 @@ impl Config {
             owner_is_tenant: file.owner_is_tenant.unwrap_or(true),
             admin_role: admin_role.to_lowercase(),
             allow_anonymous_access: file.allow_anonymous_access.unwrap_or(false),
+            publicize_image: file.publicize_image.unwrap_or(PublicizeImage::Admin),
             image_size_cap: file.image_size_cap.unwrap_or(1 << 40),
             user_storage_quota: file
                 .user_storage_quota

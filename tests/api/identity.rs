@@ -130,6 +130,30 @@ async fn admin_role_is_configurable_and_case_insensitive() {
 }
 
 #[tokio::test]
+async fn the_publicize_policy_can_open_public_images_to_everyone() {
+    let app = TestApp::builder()
+        .trusted_headers()
+        .publicize_image(glance_gateway::config::PublicizeImage::Anyone)
+        .spawn()
+        .await;
+    let img = app
+        .create_image_as(
+            Some(&Who::tenant("t1")),
+            &[("x-image-meta-is_public", "true")],
+            None,
+        )
+        .await;
+    assert_eq!(img["is_public"], true);
+    // Callers without an identity are still refused.
+    let (code, _) = send(
+        app.post("/v1/images")
+            .header("x-image-meta-is_public", "true"),
+    )
+    .await;
+    assert_eq!(code, 401);
+}
+
+#[tokio::test]
 async fn anonymous_access_is_read_only() {
     let app = TestApp::builder()
         .trusted_headers()

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glance_gateway::config::{AuthMode, Config, ConfigFile, Overrides, QuotaValue, RemoteSources};
+use glance_gateway::config::{
+    AuthMode, Config, ConfigFile, Overrides, PublicizeImage, QuotaValue, RemoteSources,
+};
 use glance_gateway::model::{ImageId, ImageRecord};
 use glance_gateway::registry::StoredImage;
 use glance_gateway::state::AppState;
@@ -33,6 +35,7 @@ pub struct TestAppBuilder {
     owner_is_tenant: Option<bool>,
     admin_role: Option<String>,
     allow_anonymous_access: Option<bool>,
+    publicize_image: Option<PublicizeImage>,
     image_size_cap: Option<u64>,
     user_storage_quota: Option<String>,
     image_property_quota: Option<i64>,
@@ -66,6 +69,10 @@ impl TestAppBuilder {
     }
     pub fn allow_anonymous_access(mut self, v: bool) -> Self {
         self.allow_anonymous_access = Some(v);
+        self
+    }
+    pub fn publicize_image(mut self, v: PublicizeImage) -> Self {
+        self.publicize_image = Some(v);
         self
     }
     pub fn image_size_cap(mut self, v: u64) -> Self {
@@ -150,6 +157,7 @@ impl TestAppBuilder {
             owner_is_tenant: self.owner_is_tenant,
             admin_role: self.admin_role.clone(),
             allow_anonymous_access: self.allow_anonymous_access,
+            publicize_image: self.publicize_image,
             image_size_cap: self.image_size_cap,
             user_storage_quota: self.user_storage_quota.clone().map(QuotaValue::Text),
             image_property_quota: self.image_property_quota,
