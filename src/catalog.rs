@@ -2,6 +2,7 @@
 //! processing order (validation, policy, visibility, then the change), and finding an image the
 //! caller may see. Data uploads are handed to `upload`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use stores::{ByteStream, ForeignObject, ObjectKey, Store};
@@ -11,6 +12,7 @@ use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::image_meta::{validate_formats, MetaPatch};
 use crate::model::{ImageId, ImageRecord, ImageStatus, RegisteredLocation, Timestamp};
+use crate::protection::Op;
 use crate::registry::StoredImage;
 use crate::state::AppState;
 use crate::upload;
@@ -136,6 +138,64 @@ fn precheck(
         state.store_for(Some(store))?;
     }
     Ok(sources)
+}
+
+fn protected(key: &str) -> ApiError {
+    ApiError::forbidden(format!("Property '{key}' is protected"))
+}
+
+/// Property protection on POST: every property sent must be one the caller may create.
+fn check_protected_create(state: &AppState, caller: &Caller, patch: &MetaPatch) -> ApiResult<()> {
+    let rules = &state.config.property_rules;
+    match patch
+        .properties
+        .keys()
+        .find(|k| !rules.allows(caller, k, Op::Create))
+    {
+        Some(key) => Err(protected(key)),
+        None => Ok(()),
+    }
+}
+
+/// Property protection on PUT. Sending a property needs read access (and update access to
+/// change its value, create access when it is new); a purge keeps the properties the caller
+/// cannot read (adding them to the patch) and refuses to drop one it may read but not delete.
+fn check_protected_update(
+    state: &AppState,
+    caller: &Caller,
+    stored: &BTreeMap<String, Option<String>>,
+    patch: &mut MetaPatch,
+    purge: bool,
+) -> ApiResult<()> {
+    let rules = &state.config.property_rules;
+    if !rules.is_active() {
+        return Ok(());
+    }
+    for (key, value) in &patch.properties {
+        let allowed = match stored.get(key) {
+            None => rules.allows(caller, key, Op::Create),
+            Some(old) => {
+                rules.allows(caller, key, Op::Read)
+                    && (old == value || rules.allows(caller, key, Op::Update))
+            }
+        };
+        if !allowed {
+            return Err(protected(key));
+        }
+    }
+    if purge {
+        for (key, value) in stored {
+            if patch.properties.contains_key(key) {
+                continue;
+            }
+            if !rules.allows(caller, key, Op::Read) {
+                patch.properties.insert(key.clone(), value.clone());
+            } else if !rules.allows(caller, key, Op::Delete) {
+                return Err(protected(key));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_property_quota(state: &AppState, count: usize) -> ApiResult<()> {
@@ -323,6 +383,7 @@ pub async fn create(
     mut req: WriteRequest,
 ) -> ApiResult<ImageRecord> {
     let sources = precheck(state, caller, &mut req)?;
+    check_protected_create(state, caller, &req.patch)?;
     check_property_quota(state, req.patch.properties.len())?;
     let id = match &req.patch.id {
         Some(text) => {
@@ -415,6 +476,7 @@ pub async fn update(
     }
     // Properties are never purged by a PUT that uploads data.
     let purge = req.purge_props && req.data.is_none();
+    check_protected_update(state, caller, &current.properties, &mut req.patch, purge)?;
     let property_count = if purge {
         req.patch.properties.len()
     } else {

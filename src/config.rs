@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use stores::{StoreConfig, StoreName};
 
+use crate::protection::PropertyRules;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
@@ -50,6 +52,8 @@ pub struct ConfigFile {
     pub admin_role: Option<String>,
     pub allow_anonymous_access: Option<bool>,
     pub publicize_image: Option<PublicizeImage>,
+    /// Property protection rules (INI, as glance-api's `property_protection_file`).
+    pub property_protection_file: Option<PathBuf>,
     pub image_size_cap: Option<u64>,
     pub user_storage_quota: Option<QuotaValue>,
     pub image_property_quota: Option<i64>,
@@ -127,6 +131,7 @@ pub struct Config {
     pub admin_role: String,
     pub allow_anonymous_access: bool,
     pub publicize_image: PublicizeImage,
+    pub property_rules: PropertyRules,
     pub image_size_cap: u64,
     pub user_storage_quota: u64,
     pub image_property_quota: i64,
@@ -242,6 +247,12 @@ impl Config {
             admin_role: admin_role.to_lowercase(),
             allow_anonymous_access: file.allow_anonymous_access.unwrap_or(false),
             publicize_image: file.publicize_image.unwrap_or(PublicizeImage::Admin),
+            property_rules: match &file.property_protection_file {
+                Some(path) => {
+                    PropertyRules::load(path).context("config key `property_protection_file`")?
+                }
+                None => PropertyRules::default(),
+            },
             image_size_cap: file.image_size_cap.unwrap_or(1 << 40),
             user_storage_quota: file
                 .user_storage_quota

@@ -9,6 +9,7 @@ pub mod http;
 pub mod listing;
 pub mod maintenance;
 pub mod model;
+pub mod protection;
 pub mod registry;
 pub mod remote;
 pub mod server;

@@ -16,6 +16,8 @@ use crate::catalog::{self, IncomingData, WriteRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::listing;
 use crate::model::{ImageRecord, ImageStatus};
+use crate::protection::Op;
+use std::borrow::Cow;
 
 /// Downloads are relayed in chunks of up to this size.
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
@@ -28,9 +30,20 @@ pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
         config.api_limit_max,
     )
     .map_err(ApiError::bad_request)?;
+    let rules = &config.property_rules;
+    // Filtering on a property the caller may not read would reveal its values.
+    if query
+        .filters
+        .properties
+        .iter()
+        .any(|(k, _)| !rules.allows(&ctx.caller, k, Op::Read))
+    {
+        return Ok(json_response(StatusCode::OK, &json!({ "images": [] })));
+    }
     let all = ctx.state.registry.all().await?;
     let page = listing::select(all, &ctx.caller, &query)?;
     Ok(if detail {
+        let page: Vec<_> = page.iter().map(|r| readable(ctx, r)).collect();
         let images: Vec<_> = page
             .iter()
             .map(|r| views::full(r, direct_url(ctx, r)))
@@ -61,9 +74,22 @@ fn direct_url(ctx: &Ctx, record: &ImageRecord) -> Option<String> {
     Some(store.describe(&ObjectKey::parse(&loc.key)?))
 }
 
+/// The record as the caller may see it: properties it may not read left out.
+fn readable<'a>(ctx: &Ctx, record: &'a ImageRecord) -> Cow<'a, ImageRecord> {
+    let rules = &ctx.state.config.property_rules;
+    if !rules.is_active() {
+        return Cow::Borrowed(record);
+    }
+    let mut shown = record.clone();
+    shown
+        .properties
+        .retain(|k, _| rules.allows(&ctx.caller, k, Op::Read));
+    Cow::Owned(shown)
+}
+
 fn meta_headers(ctx: &Ctx, record: &ImageRecord) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    image_meta::encode(record, &mut headers);
+    image_meta::encode(&readable(ctx, record), &mut headers);
     if let Some(url) = direct_url(ctx, record).and_then(|u| HeaderValue::from_str(&u).ok()) {
         headers.insert("x-image-meta-location", url);
     }
@@ -238,7 +264,7 @@ fn write_request(ctx: &Ctx, body: Body) -> ApiResult<WriteRequest> {
 fn image_response(status: StatusCode, record: &ImageRecord, ctx: &Ctx) -> Response {
     let mut response = json_response(
         status,
-        &json!({ "image": views::full(record, direct_url(ctx, record)) }),
+        &json!({ "image": views::full(&readable(ctx, record), direct_url(ctx, record)) }),
     );
     if let Some(etag) = record
         .checksum
@@ -268,9 +294,7 @@ pub async fn update(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
     let request = write_request(ctx, body)?;
     let record = catalog::update(&ctx.state, &ctx.caller, id, request).await?;
     let mut response = image_response(StatusCode::OK, &record, ctx);
-    let mut meta = HeaderMap::new();
-    image_meta::encode(&record, &mut meta);
-    response.headers_mut().extend(meta);
+    response.headers_mut().extend(meta_headers(ctx, &record));
     Ok(response)
 }
 

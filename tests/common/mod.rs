@@ -36,6 +36,8 @@ pub struct TestAppBuilder {
     admin_role: Option<String>,
     allow_anonymous_access: Option<bool>,
     publicize_image: Option<PublicizeImage>,
+    /// Property protection rules, written to a file in the data directory.
+    property_rules: Option<String>,
     image_size_cap: Option<u64>,
     user_storage_quota: Option<String>,
     image_property_quota: Option<i64>,
@@ -69,6 +71,10 @@ impl TestAppBuilder {
     }
     pub fn allow_anonymous_access(mut self, v: bool) -> Self {
         self.allow_anonymous_access = Some(v);
+        self
+    }
+    pub fn property_rules(mut self, rules: &str) -> Self {
+        self.property_rules = Some(rules.to_owned());
         self
     }
     pub fn publicize_image(mut self, v: PublicizeImage) -> Self {
@@ -158,6 +164,11 @@ impl TestAppBuilder {
             admin_role: self.admin_role.clone(),
             allow_anonymous_access: self.allow_anonymous_access,
             publicize_image: self.publicize_image,
+            property_protection_file: self.property_rules.as_ref().map(|rules| {
+                let path = data_dir.join("property-protections.conf");
+                std::fs::write(&path, rules).expect("write the rules file");
+                path
+            }),
             image_size_cap: self.image_size_cap,
             user_storage_quota: self.user_storage_quota.clone().map(QuotaValue::Text),
             image_property_quota: self.image_property_quota,

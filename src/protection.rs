@@ -1,0 +1,202 @@
+//! Property protection (optional): a rules file maps property-name patterns to the roles allowed
+//! to create, read, update and delete matching properties, in the format glance-api used
+//! (`property-protections-roles.conf`): INI sections named by a regular expression, tried in
+//! file order, each with `create`, `read`, `update` and `delete` lists of roles, `@` for every
+//! caller and `!` for none. A property no section matches is refused to everyone.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use regex::Regex;
+
+use crate::access::Caller;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Read,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Allowed {
+    Everyone,
+    Nobody,
+    Roles(Vec<String>),
+}
+
+impl Allowed {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let items: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(match items.as_slice() {
+            ["@"] => Self::Everyone,
+            ["!"] => Self::Nobody,
+            roles if roles.iter().any(|r| *r == "@" || *r == "!") => {
+                bail!("`@` and `!` must stand alone, not in a list of roles")
+            }
+            [] => Self::Nobody,
+            roles => Self::Roles(roles.iter().map(|r| r.to_lowercase()).collect()),
+        })
+    }
+
+    fn admits(&self, caller: &Caller) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::Nobody => false,
+            Self::Roles(roles) => caller.roles.iter().any(|r| roles.contains(r)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    pattern: Regex,
+    create: Allowed,
+    read: Allowed,
+    update: Allowed,
+    delete: Allowed,
+}
+
+/// The loaded rules; without a file every property is open to every operation.
+#[derive(Debug, Clone, Default)]
+pub struct PropertyRules {
+    rules: Option<Vec<Rule>>,
+}
+
+impl PropertyRules {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid rules in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let ini = ini::Ini::load_from_str_noescape(text)?;
+        let mut rules = vec![];
+        for (section, props) in ini.iter() {
+            let Some(section) = section else {
+                if props.iter().next().is_some() {
+                    bail!("settings outside a [pattern] section");
+                }
+                continue;
+            };
+            let pattern =
+                Regex::new(section).with_context(|| format!("section [{section}]: bad pattern"))?;
+            let op = |name: &str| -> anyhow::Result<Allowed> {
+                let text = props
+                    .get(name)
+                    .with_context(|| format!("section [{section}]: `{name}` is missing"))?;
+                Allowed::parse(text).with_context(|| format!("section [{section}]: `{name}`"))
+            };
+            for (key, _) in props.iter() {
+                if !["create", "read", "update", "delete"].contains(&key) {
+                    bail!("section [{section}]: unknown key `{key}`");
+                }
+            }
+            rules.push(Rule {
+                pattern,
+                create: op("create")?,
+                read: op("read")?,
+                update: op("update")?,
+                delete: op("delete")?,
+            });
+        }
+        Ok(Self { rules: Some(rules) })
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.rules.is_some()
+    }
+
+    /// May `caller` perform `op` on the property `key`?
+    pub fn allows(&self, caller: &Caller, key: &str, op: Op) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        let Some(rule) = rules.iter().find(|r| r.pattern.is_match(key)) else {
+            return false;
+        };
+        match op {
+            Op::Create => &rule.create,
+            Op::Read => &rule.read,
+            Op::Update => &rule.update,
+            Op::Delete => &rule.delete,
+        }
+        .admits(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r"
+[^x_owner_.*]
+create = admin,member
+read = admin,member
+update = admin
+delete = admin
+
+[^x_none_.*]
+create = !
+read = !
+update = !
+delete = !
+
+[.*]
+create = @
+read = @
+update = @
+delete = @
+";
+
+    fn caller(roles: &[&str]) -> Caller {
+        Caller {
+            tenant: Some("t".into()),
+            user: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            is_admin: roles.contains(&"admin"),
+            read_only: false,
+            owner: Some("t".into()),
+        }
+    }
+
+    #[test]
+    fn first_matching_section_decides() {
+        let rules = PropertyRules::parse(RULES).unwrap();
+        let member = caller(&["member"]);
+        let admin = caller(&["admin"]);
+        let other = caller(&["reader"]);
+        assert!(rules.allows(&member, "x_owner_a", Op::Create));
+        assert!(!rules.allows(&member, "x_owner_a", Op::Update));
+        assert!(rules.allows(&admin, "x_owner_a", Op::Delete));
+        assert!(!rules.allows(&other, "x_owner_a", Op::Read));
+        assert!(!rules.allows(&admin, "x_none_a", Op::Read));
+        assert!(rules.allows(&other, "os_distro", Op::Update));
+    }
+
+    #[test]
+    fn unmatched_properties_are_refused_and_no_file_allows_all() {
+        let rules =
+            PropertyRules::parse("[^only$]\ncreate=@\nread=@\nupdate=@\ndelete=@\n").unwrap();
+        assert!(!rules.allows(&caller(&[]), "other", Op::Read));
+        assert!(PropertyRules::default().allows(&caller(&[]), "other", Op::Delete));
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        for bad in [
+            "[(]\ncreate=@\nread=@\nupdate=@\ndelete=@\n",
+            "[.*]\ncreate=@\nread=@\nupdate=@\n",
+            "[.*]\ncreate=@,admin\nread=@\nupdate=@\ndelete=@\n",
+            "[.*]\ncreate=@\nread=@\nupdate=@\ndelete=@\nbogus=1\n",
+        ] {
+            assert!(PropertyRules::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
