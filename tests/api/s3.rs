@@ -812,48 +812,17 @@ async fn s3_admins_register_objects_outside_the_prefix() {
         .await
         .expect("PutObject");
     let uri = format!("s3://{}/{outside}", env.bucket);
-    let meta = |location: &str| {
-        meta_headers(&[
-            ("x-image-meta-disk_format", "raw"),
-            ("x-image-meta-container_format", "bare"),
-            ("x-image-meta-location", location),
-        ])
-    };
     let admin = Who::admin("ops");
-    let tenant = Who::tenant("t1");
-
-    let (code, body) = send(app.post("/v1/images").headers(meta(&uri)).who(&tenant)).await;
+    let (code, body) = send(
+        app.post("/v1/images")
+            .headers(location_meta(&uri))
+            .who(&Who::tenant("t1")),
+    )
+    .await;
     assert_eq!(code, 403, "{body}");
-
-    let resp = app
-        .post("/v1/images")
-        .headers(meta(&uri))
-        .who(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let image = json(resp).await["image"].clone();
-    assert_eq!(image["status"], "active");
-    assert_eq!(image["size"], data.len());
+    let image = register_and_read(&app, &admin, &uri, &data).await;
     assert_eq!(image["location"], uri.as_str());
     let id = image["id"].as_str().unwrap().to_owned();
-    let got = app
-        .get(&format!("/v1/images/{id}"))
-        .who(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
-    let part = app
-        .get(&format!("/v1/images/{id}"))
-        .who(&admin)
-        .header("range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(part.status().as_u16(), 206);
-    assert_eq!(part.bytes().await.unwrap().as_ref(), &data[100..200]);
 
     // Deleting the image leaves the object alone.
     assert_eq!(
@@ -871,7 +840,12 @@ async fn s3_admins_register_objects_outside_the_prefix() {
 
     // Inside the gateway's own prefix, and missing objects, are refused.
     let inside = format!("s3://{}/{}someone-elses-image", env.bucket, bucket.prefix);
-    let (code, _) = send(app.post("/v1/images").headers(meta(&inside)).who(&admin)).await;
+    let (code, _) = send(
+        app.post("/v1/images")
+            .headers(location_meta(&inside))
+            .who(&admin),
+    )
+    .await;
     assert_eq!(code, 400);
     let missing = format!(
         "s3://{}/gateway-http-test/missing-{}",
@@ -881,7 +855,12 @@ async fn s3_admins_register_objects_outside_the_prefix() {
     let before = list_ids(&app, "/v1/images?is_public=none", Some(&admin))
         .await
         .len();
-    let (code, _) = send(app.post("/v1/images").headers(meta(&missing)).who(&admin)).await;
+    let (code, _) = send(
+        app.post("/v1/images")
+            .headers(location_meta(&missing))
+            .who(&admin),
+    )
+    .await;
     assert_eq!(code, 404);
     assert_eq!(
         list_ids(&app, "/v1/images?is_public=none", Some(&admin))

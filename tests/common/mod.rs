@@ -680,3 +680,41 @@ pub async fn send(req: RequestBuilder) -> (u16, String) {
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
 }
+
+/// Formats plus `x-image-meta-location`, for registering existing data as an image.
+pub fn location_meta(location: &str) -> HeaderMap {
+    meta_headers(&[
+        ("x-image-meta-disk_format", "raw"),
+        ("x-image-meta-container_format", "bare"),
+        ("x-image-meta-location", location),
+    ])
+}
+
+/// Registers `location` as `who`, checks the active image serves `data` whole and in a range,
+/// and returns the image.
+pub async fn register_and_read(app: &TestApp, who: &Who, location: &str, data: &[u8]) -> Value {
+    let resp = app
+        .post("/v1/images")
+        .headers(location_meta(location))
+        .who(who)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "registering {location}");
+    let image = json(resp).await["image"].clone();
+    assert_eq!(image["status"], "active");
+    assert_eq!(image["size"], data.len());
+    let path = format!("/v1/images/{}", image["id"].as_str().unwrap());
+    let whole = app.get(&path).who(who).send().await.unwrap();
+    assert_eq!(whole.bytes().await.unwrap().as_ref(), data);
+    let part = app
+        .get(&path)
+        .who(who)
+        .header("range", "bytes=10-20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &data[10..21]);
+    image
+}
