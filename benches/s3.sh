@@ -40,7 +40,11 @@ gateway_pid=""
 cleanup() {
   if [ -n "$gateway_pid" ]; then kill "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
   rm -f "$DIR"/image-*.bin
-  if [ "$started_backend" = 1 ]; then scripts/s3-backend.sh stop; fi
+  if [ "$started_backend" = 1 ]; then
+    scripts/s3-backend.sh stop
+    # The objects of every run stay on disk until the server's data dir goes.
+    rm -rf "${S3_DIR:-${TMPDIR:-/tmp}/gateway-s3}"
+  fi
 }
 trap cleanup EXIT
 
