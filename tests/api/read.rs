@@ -159,40 +159,11 @@ async fn range_requests_are_an_extension() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 206);
-    assert_eq!(
-        header(&resp, "content-range").as_deref(),
-        Some("bytes 10-19/1000")
-    );
     assert_eq!(header(&resp, "content-length").as_deref(), Some("10"));
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[10..20]);
-    let resp = app
-        .get(&path)
-        .header("range", "bytes=-5")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 206);
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[995..]);
-    let resp = app
-        .get(&path)
-        .header("range", "bytes=990-")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 206);
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[990..]);
-    let resp = app
-        .get(&path)
-        .header("range", "bytes=1000-")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 416);
-    assert_eq!(
-        header(&resp, "content-range").as_deref(),
-        Some("bytes */1000")
-    );
+    assert_range(&app, None, &id, &data, "bytes=10-19", (10, 19)).await;
+    assert_range(&app, None, &id, &data, "bytes=-5", (995, 999)).await;
+    assert_range(&app, None, &id, &data, "bytes=990-", (990, 999)).await;
+    assert_unsatisfiable(&app, &id, 1000).await;
     // Several ranges or nonsense: the whole image, 200.
     let resp = app
         .get(&path)

@@ -381,43 +381,12 @@ async fn s3_default_store_range_direct_url_and_delete() {
     }
 
     // A range across the first part boundary, and an open range across the second.
-    let resp = app
-        .get(&format!("/v1/images/{id}"))
-        .header("range", format!("bytes={}-{}", PART - 100, PART + 99))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        header(&resp, "content-range").as_deref(),
-        Some(format!("bytes {}-{}/{size}", PART - 100, PART + 99).as_str())
-    );
-    let got = resp.bytes().await.unwrap();
-    assert!(got.as_ref() == &data[PART - 100..PART + 100]);
+    let spec = format!("bytes={}-{}", PART - 100, PART + 99);
+    assert_range(&app, None, &id, &data, &spec, (PART - 100, PART + 99)).await;
     let from = 2 * PART - 5;
-    let resp = app
-        .get(&format!("/v1/images/{id}"))
-        .header("range", format!("bytes={from}-"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        header(&resp, "content-range").as_deref(),
-        Some(format!("bytes {from}-{}/{size}", size - 1).as_str())
-    );
-    assert!(resp.bytes().await.unwrap().as_ref() == &data[from..]);
-    let resp = app
-        .get(&format!("/v1/images/{id}"))
-        .header("range", format!("bytes={size}-"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(
-        header(&resp, "content-range").as_deref(),
-        Some(format!("bytes */{size}").as_str())
-    );
+    let spec = format!("bytes={from}-");
+    assert_range(&app, None, &id, &data, &spec, (from, size - 1)).await;
+    assert_unsatisfiable(&app, &id, size).await;
 
     let resp = app
         .delete(&format!("/v1/images/{id}"))

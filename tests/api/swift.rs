@@ -202,32 +202,9 @@ async fn segmented_image_round_trips_with_ranges_and_delete_leaves_nothing() {
         // An end past the image is clipped.
         (format!("bytes={}-{}", 2 * SEG, BIG + 50), 2 * SEG, BIG - 1),
     ] {
-        let resp = app
-            .get(&format!("/v1/images/{id}"))
-            .header("range", &spec)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{spec}");
-        assert_eq!(
-            header(&resp, "content-range").as_deref(),
-            Some(format!("bytes {first}-{last}/{BIG}").as_str()),
-            "{spec}"
-        );
-        let got = resp.bytes().await.unwrap();
-        assert!(got == data[first..=last], "{spec}: wrong bytes");
+        assert_range(&app, None, &id, &data, &spec, (first, last)).await;
     }
-    let resp = app
-        .get(&format!("/v1/images/{id}"))
-        .header("range", format!("bytes={BIG}-"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(
-        header(&resp, "content-range").as_deref(),
-        Some(format!("bytes */{BIG}").as_str())
-    );
+    assert_unsatisfiable(&app, &id, BIG).await;
 
     assert_eq!(status(app.delete(&format!("/v1/images/{id}"))).await, 200);
     raw.assert_empty_soon(&container).await;
@@ -252,14 +229,7 @@ async fn small_zero_byte_and_chunked_images() {
     assert!(header(&head, "x-static-large-object").is_none());
     assert!(raw.segments(&container).await.is_empty());
     assert!(download(&app, &id).await == small);
-    let resp = app
-        .get(&format!("/v1/images/{id}"))
-        .header("range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
-    assert!(resp.bytes().await.unwrap() == small[100..200]);
+    assert_range(&app, None, &id, &small, "bytes=100-199", (100, 199)).await;
 
     // Zero bytes (an empty chunked body: with `Content-Length: 0` an image stays queued).
     let (code, body) = post_chunked(&app, &swift_meta("empty"), &[]).await;

@@ -707,14 +707,47 @@ pub async fn register_and_read(app: &TestApp, who: &Who, location: &str, data: &
     let path = format!("/v1/images/{}", image["id"].as_str().unwrap());
     let whole = app.get(&path).who(who).send().await.unwrap();
     assert_eq!(whole.bytes().await.unwrap().as_ref(), data);
-    let part = app
-        .get(&path)
-        .who(who)
-        .header("range", "bytes=10-20")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(part.status().as_u16(), 206);
-    assert_eq!(part.bytes().await.unwrap().as_ref(), &data[10..21]);
+    let id = image["id"].as_str().unwrap();
+    assert_range(app, Some(who), id, data, "bytes=10-20", (10, 20)).await;
     image
+}
+
+/// GET of image `id` with `Range: spec`: the status, `Content-Range` and body.
+pub async fn get_range(
+    app: &TestApp,
+    who: Option<&Who>,
+    id: &str,
+    spec: &str,
+) -> (u16, Option<String>, Vec<u8>) {
+    let mut req = app.get(&format!("/v1/images/{id}")).header("range", spec);
+    if let Some(who) = who {
+        req = req.who(who);
+    }
+    let resp = req.send().await.expect("ranged GET");
+    let status = resp.status().as_u16();
+    let content_range = header(&resp, "content-range");
+    (status, content_range, resp.bytes().await.unwrap().to_vec())
+}
+
+/// Asserts that `Range: spec` on image `id` answers 206 with bytes `first..=last` of `data`.
+pub async fn assert_range(
+    app: &TestApp,
+    who: Option<&Who>,
+    id: &str,
+    data: &[u8],
+    spec: &str,
+    (first, last): (usize, usize),
+) {
+    let (status, content_range, body) = get_range(app, who, id, spec).await;
+    assert_eq!(status, 206, "{spec}");
+    let expected = format!("bytes {first}-{last}/{}", data.len());
+    assert_eq!(content_range.as_deref(), Some(expected.as_str()), "{spec}");
+    assert!(body == data[first..=last], "{spec}: wrong bytes");
+}
+
+/// Asserts that a range starting at the end of the `len`-byte image `id` answers 416.
+pub async fn assert_unsatisfiable(app: &TestApp, id: &str, len: usize) {
+    let (status, content_range, _) = get_range(app, None, id, &format!("bytes={len}-")).await;
+    assert_eq!(status, 416);
+    assert_eq!(content_range, Some(format!("bytes */{len}")));
 }
