@@ -126,7 +126,6 @@ impl From<StoreError> for ApiError {
                     format!("The image store {store} refused the operation."),
                 )
             },
-            StoreError::AlreadyExists { .. } => Self::conflict("Image data already exists."),
             StoreError::Body(_) => {
                 Self::bad_request("Error reading the image data from the request.")
             }

@@ -110,18 +110,6 @@ impl Chunker {
             Some(Ok(part.freeze()))
         }
     }
-
-    /// True once the body has ended and every byte was handed out.
-    pub async fn is_exhausted(&mut self) -> io::Result<bool> {
-        while self.pending.is_empty() && !self.done {
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.pending = chunk,
-                Some(Err(err)) => return Err(err),
-                None => self.done = true,
-            }
-        }
-        Ok(self.pending.is_empty() && self.done)
-    }
 }
 
 /// Joins the small chunks a network body yields (a few KiB each) into chunks of up to `target`
@@ -239,16 +227,6 @@ mod tests {
                 assert_eq!(joined, data);
             }
         }
-    }
-
-    #[tokio::test]
-    async fn exhaustion_is_seen_without_consuming_data() {
-        let (body, _) = body_of(10, 3);
-        let mut chunker = Chunker::new(body);
-        assert!(!chunker.is_exhausted().await.unwrap());
-        assert_eq!(chunker.next_part(10).await.unwrap().unwrap().len(), 10);
-        assert!(chunker.is_exhausted().await.unwrap());
-        assert!(chunker.next_part(10).await.is_none());
     }
 
     #[tokio::test]

@@ -23,9 +23,6 @@ pub enum StoreError {
     #[error("store {store} refused the credentials or the operation: {message}")]
     Forbidden { store: String, message: String },
 
-    #[error("object {key} already exists in store {store}")]
-    AlreadyExists { store: String, key: String },
-
     #[error("reading the request body failed: {0}")]
     Body(#[source] io::Error),
 

@@ -223,18 +223,11 @@ impl Stores {
 
     /// Looks a store up by the name a client sent; unknown or malformed names give `None`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Store>> {
-        self.by_name
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, s)| s)
+        StoreName::parse(name).and_then(|n| self.by_name.get(&n))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Store>> {
         self.by_name.values()
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &StoreName> {
-        self.by_name.keys()
     }
 }
 
