@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use crate::config::{AuthMode, Config, PublicizeImage};
 use crate::error::{ApiError, ApiResult};
 use crate::model::ImageRecord;
-use crate::registry::StoredImage;
+use crate::registry::{Audience, StoredImage};
 
 /// The identity a request acts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +197,17 @@ impl Caller {
             ListScope::All if self.is_admin => true,
             ListScope::NonPublic if self.is_admin => !r.is_public,
             _ => r.is_public || (self.owner.is_some() && (self.owns(r) || self.is_member(image))),
+        }
+    }
+}
+
+impl Caller {
+    /// The images a list draws from, given the `is_public` scope (the index form of `lists`).
+    pub fn audience(&self, scope: ListScope) -> Audience {
+        match scope {
+            ListScope::All if self.is_admin => Audience::Everything,
+            ListScope::NonPublic if self.is_admin => Audience::NonPublic,
+            _ => Audience::Tenant(self.owner.clone()),
         }
     }
 }

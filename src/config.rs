@@ -10,6 +10,7 @@ use serde::Deserialize;
 use stores::{StoreConfig, StoreName};
 
 use crate::protection::PropertyRules;
+use crate::registry::{RegistryKind, RegistrySettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -45,7 +46,9 @@ pub enum PublicizeImage {
 pub struct ConfigFile {
     pub bind: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// The registry's directory; `[registry] path` says the same (set one of them).
     pub registry_path: Option<PathBuf>,
+    pub registry: Option<RegistryFile>,
     pub auth: Option<AuthMode>,
     pub default_store: Option<String>,
     pub owner_is_tenant: Option<bool>,
@@ -73,6 +76,18 @@ pub struct ConfigFile {
     pub sweep_min_age: Option<u64>,
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// `[registry]`: which engine keeps image records, and its settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// `sled` (the embedded engine, the default and only kind).
+    pub kind: Option<RegistryKind>,
+    /// Default `data_dir/registry`.
+    pub path: Option<PathBuf>,
+    /// sled's page cache in MiB (default 64).
+    pub cache_mb: Option<u64>,
 }
 
 /// `user_storage_quota`: bytes as an integer, or a string with a B/KB/MB/GB/TB suffix (binary).
@@ -124,7 +139,7 @@ pub struct Overrides {
 pub struct Config {
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
-    pub registry_path: PathBuf,
+    pub registry: RegistrySettings,
     pub auth: AuthMode,
     pub default_store: StoreName,
     pub owner_is_tenant: bool,
@@ -183,9 +198,23 @@ impl Config {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./data"));
-        let registry_path = file
-            .registry_path
-            .unwrap_or_else(|| data_dir.join("registry"));
+        let registry_file = file.registry.unwrap_or_default();
+        if registry_file.path.is_some() && file.registry_path.is_some() {
+            bail!("config keys `registry_path` and `registry.path`: set one of them");
+        }
+        let registry = RegistrySettings {
+            kind: registry_file.kind.unwrap_or(RegistryKind::Sled),
+            path: registry_file
+                .path
+                .or(file.registry_path)
+                .unwrap_or_else(|| data_dir.join("registry")),
+            cache_mb: registry_file
+                .cache_mb
+                .unwrap_or(crate::registry::DEFAULT_CACHE_MB),
+        };
+        if registry.cache_mb == 0 {
+            bail!("config key `registry.cache_mb`: must be at least 1");
+        }
 
         let mut stores = BTreeMap::new();
         for (name, store) in file.stores {
@@ -240,7 +269,7 @@ impl Config {
         Ok(Self {
             bind,
             data_dir,
-            registry_path,
+            registry,
             auth: overrides.auth.or(file.auth).unwrap_or(AuthMode::Noauth),
             default_store,
             owner_is_tenant: file.owner_is_tenant.unwrap_or(true),
@@ -295,7 +324,9 @@ mod tests {
         let c = resolve("").unwrap();
         assert_eq!(c.bind.to_string(), "127.0.0.1:9292");
         assert_eq!(c.default_store.as_str(), "file");
-        assert_eq!(c.registry_path, PathBuf::from("./data/registry"));
+        assert_eq!(c.registry.path, PathBuf::from("./data/registry"));
+        assert_eq!(c.registry.kind, RegistryKind::Sled);
+        assert_eq!(c.registry.cache_mb, 64);
         assert_eq!(c.limit_param_default, 25);
         assert_eq!(c.image_size_cap, 1 << 40);
     }
@@ -315,6 +346,27 @@ mod tests {
             resolve("[stores.file]\nkind = \"file\"\nroot = \"x\"\nextra = 1").unwrap_err()
         );
         assert!(err.contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn registry_table_and_the_old_key() {
+        let c = resolve("[registry]\nkind = \"sled\"\npath = \"/r\"\ncache_mb = 8").unwrap();
+        assert_eq!(c.registry.path, PathBuf::from("/r"));
+        assert_eq!(c.registry.cache_mb, 8);
+        let c = resolve("registry_path = \"/old\"").unwrap();
+        assert_eq!(c.registry.path, PathBuf::from("/old"));
+        let err = format!(
+            "{:#}",
+            resolve("registry_path = \"/a\"\n[registry]\npath = \"/b\"").unwrap_err()
+        );
+        assert!(err.contains("registry.path"), "{err}");
+        let err = format!(
+            "{:#}",
+            resolve("[registry]\nkind = \"postgres\"").unwrap_err()
+        );
+        assert!(err.contains("kind"), "{err}");
+        let err = format!("{:#}", resolve("[registry]\ncache_mb = 0").unwrap_err());
+        assert!(err.contains("cache_mb"), "{err}");
     }
 
     #[test]

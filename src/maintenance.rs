@@ -1,12 +1,13 @@
 //! Background upkeep: the scrubber that finishes delayed deletes, and the sweep that removes
 //! incomplete uploads and objects no image points to.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::catalog::delete_data;
-use crate::model::{ImageStatus, Timestamp};
+use crate::model::{ImageId, ImageStatus, Timestamp};
+use crate::registry::RegistryError;
 use crate::state::AppState;
+use crate::upload::RECOVERY_BATCH;
 
 const TICK: Duration = Duration::from_secs(30);
 
@@ -30,54 +31,65 @@ pub async fn run(state: AppState) {
 }
 
 /// Deletes the data of `pending_delete` images older than `scrub_time` and marks them deleted.
+/// Walks only the registry's index of `pending_delete` images.
 pub async fn scrub(state: &AppState) -> anyhow::Result<usize> {
     let due_before = Timestamp::now().micros() - (state.config.scrub_time as i64) * 1_000_000;
     let mut scrubbed = 0;
-    for image in state.registry.all().await? {
-        let r = &image.record;
-        if r.status != ImageStatus::PendingDelete
-            || r.deleted_at.is_some_and(|t| t.micros() > due_before)
-        {
-            continue;
-        }
-        if let Some(loc) = &r.location {
-            if let Err(e) = delete_data(state, &loc.store, &loc.key).await {
-                tracing::warn!(image = %r.id, error = %e.message, "scrub failed; will retry");
+    let mut after: Option<ImageId> = None;
+    loop {
+        let batch = state
+            .registry
+            .in_state(ImageStatus::PendingDelete, after.as_ref(), RECOVERY_BATCH)
+            .await?;
+        let Some(last) = batch.last() else {
+            return Ok(scrubbed);
+        };
+        after = Some(last.record.id.clone());
+        for image in batch {
+            let r = &image.record;
+            if r.deleted_at.is_some_and(|t| t.micros() > due_before) {
                 continue;
             }
-        }
-        state
-            .registry
-            .update::<crate::error::ApiError, _>(&r.id, |s| {
-                if s.record.status == ImageStatus::PendingDelete {
-                    s.record.status = ImageStatus::Deleted;
-                    s.record.updated_at = Timestamp::now();
+            if let Some(loc) = &r.location {
+                if let Err(e) = delete_data(state, &loc.store, &loc.key).await {
+                    tracing::warn!(image = %r.id, error = %e.message, "scrub failed; will retry");
+                    continue;
                 }
-                Ok(())
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        scrubbed += 1;
+            }
+            state
+                .registry
+                .update::<crate::error::ApiError, _>(&r.id, |s| {
+                    if s.record.status == ImageStatus::PendingDelete {
+                        s.record.status = ImageStatus::Deleted;
+                        s.record.updated_at = Timestamp::now();
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            scrubbed += 1;
+        }
     }
-    Ok(scrubbed)
+}
+
+/// Does a live image keep its data at `key` of `store`? Keys of the gateway's own objects are
+/// image ids, so this is one lookup.
+async fn referenced(state: &AppState, store: &str, key: &str) -> Result<bool, RegistryError> {
+    let Some(id) = ImageId::parse(key) else {
+        return Ok(false);
+    };
+    Ok(state.registry.get(&id).await?.is_some_and(|s| {
+        s.record.status != ImageStatus::Deleted
+            && s.record.status != ImageStatus::Killed
+            && s.record
+                .location
+                .is_some_and(|l| l.store == store && l.key == key)
+    }))
 }
 
 /// Removes incomplete uploads and unreferenced objects older than `sweep_min_age` in every store.
 pub async fn sweep(state: &AppState) {
     let min_age = Duration::from_secs(state.config.sweep_min_age);
-    let referenced: HashSet<(String, String)> = match state.registry.all().await {
-        Ok(all) => all
-            .into_iter()
-            .filter(|s| {
-                s.record.status != ImageStatus::Deleted && s.record.status != ImageStatus::Killed
-            })
-            .filter_map(|s| s.record.location.map(|l| (l.store, l.key)))
-            .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "sweep skipped: registry unreadable");
-            return;
-        }
-    };
     for store in state.stores.iter() {
         match store.sweep_incomplete(min_age).await {
             Ok(r) if r.incomplete_removed > 0 => {
@@ -100,15 +112,23 @@ pub async fn sweep(state: &AppState) {
             let old_enough = object
                 .last_modified
                 .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
-            let key = (store.name().to_string(), object.key.to_string());
-            if old_enough && !referenced.contains(&key) {
-                match store.delete(&object.key).await {
-                    Ok(()) => {
-                        tracing::info!(store = %store.name(), key = %object.key, "removed orphaned object")
-                    }
-                    Err(e) => {
-                        tracing::warn!(store = %store.name(), key = %object.key, error = %e, "could not remove orphaned object")
-                    }
+            if !old_enough {
+                continue;
+            }
+            match referenced(state, store.name().as_str(), object.key.as_str()).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "sweep stopped: registry unreadable");
+                    return;
+                }
+            }
+            match store.delete(&object.key).await {
+                Ok(()) => {
+                    tracing::info!(store = %store.name(), key = %object.key, "removed orphaned object")
+                }
+                Err(e) => {
+                    tracing::warn!(store = %store.name(), key = %object.key, error = %e, "could not remove orphaned object")
                 }
             }
         }

@@ -24,13 +24,13 @@ const MAX_HEADERS: usize = 256;
 /// Opens the registry and every configured store, checks the stores, and recovers uploads a
 /// crash interrupted.
 pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
-    let registry_path = config.registry_path.clone();
-    let registry = tokio::task::spawn_blocking(move || Registry::open(&registry_path))
+    let settings = config.registry.clone();
+    let registry = tokio::task::spawn_blocking(move || Registry::open_with(&settings))
         .await?
         .with_context(|| {
             format!(
                 "cannot open the registry at {}",
-                config.registry_path.display()
+                config.registry.path.display()
             )
         })?;
     let mut stores = Stores::new();

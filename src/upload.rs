@@ -104,23 +104,18 @@ pub async fn remaining_quota(
     if quota == 0 {
         return Ok(u64::MAX);
     }
-    let used: u64 = state
-        .registry
-        .all()
-        .await?
-        .iter()
-        .map(|s| &s.record)
-        .filter(|r| {
-            r.owner.as_deref() == owner
-                && &r.id != except
-                && !matches!(
-                    r.status,
-                    ImageStatus::Killed | ImageStatus::Deleted | ImageStatus::PendingDelete
-                )
-                && r.size > 0
-        })
-        .map(|r| r.size)
-        .sum();
+    let mut used = state.registry.usage(owner).await?;
+    if let Some(s) = state.registry.get(except).await? {
+        let r = &s.record;
+        let counted = r.owner.as_deref() == owner
+            && !matches!(
+                r.status,
+                ImageStatus::Killed | ImageStatus::Deleted | ImageStatus::PendingDelete
+            );
+        if counted {
+            used = used.saturating_sub(r.size);
+        }
+    }
     Ok(quota.saturating_sub(used))
 }
 
@@ -258,29 +253,39 @@ pub async fn upload(
 }
 
 /// Startup recovery: images a crash left in `saving` become `killed` and their partial data is
-/// removed.
+/// removed. Walks only the registry's index of `saving` images.
 pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
     let mut recovered = 0;
-    for StoredImage { record, .. } in state.registry.all().await? {
-        if record.status != ImageStatus::Saving {
-            continue;
-        }
-        if let Some(loc) = &record.location {
-            match (state.stores.get(&loc.store), ObjectKey::parse(&loc.key)) {
-                (Some(store), Some(key)) => {
-                    if let Err(e) = store.delete(&key).await {
-                        tracing::error!(image = %record.id, error = %e, "could not remove partial data");
+    let mut after: Option<ImageId> = None;
+    loop {
+        let batch = state
+            .registry
+            .in_state(ImageStatus::Saving, after.as_ref(), RECOVERY_BATCH)
+            .await?;
+        let Some(last) = batch.last() else {
+            return Ok(recovered);
+        };
+        after = Some(last.record.id.clone());
+        for StoredImage { record, .. } in batch {
+            if let Some(loc) = &record.location {
+                match (state.stores.get(&loc.store), ObjectKey::parse(&loc.key)) {
+                    (Some(store), Some(key)) => {
+                        if let Err(e) = store.delete(&key).await {
+                            tracing::error!(image = %record.id, error = %e, "could not remove partial data");
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(image = %record.id, store = %loc.store, "partial data in an unconfigured store left alone")
                     }
                 }
-                _ => {
-                    tracing::warn!(image = %record.id, store = %loc.store, "partial data in an unconfigured store left alone")
-                }
             }
+            kill(&state.registry, &record.id, ImageStatus::Saving)
+                .await
+                .map_err(|e| anyhow::anyhow!("killing {}: {}", record.id, e.message))?;
+            recovered += 1;
         }
-        kill(&state.registry, &record.id, ImageStatus::Saving)
-            .await
-            .map_err(|e| anyhow::anyhow!("killing {}: {}", record.id, e.message))?;
-        recovered += 1;
     }
-    Ok(recovered)
 }
+
+/// Images the recovery and the scrubber read at a time.
+pub const RECOVERY_BATCH: usize = 256;

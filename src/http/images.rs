@@ -40,8 +40,7 @@ pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
     {
         return Ok(json_response(StatusCode::OK, &json!({ "images": [] })));
     }
-    let all = ctx.state.registry.all().await?;
-    let page = listing::select(all, &ctx.caller, &query)?;
+    let page = listing::select(&ctx.state.registry, &ctx.caller, &query).await?;
     Ok(if detail {
         let page: Vec<_> = page.iter().map(|r| readable(ctx, r)).collect();
         let images: Vec<_> = page

@@ -1,52 +1,9 @@
-//! The list and detail query string: filters, sorting and paging, parsed and validated (pure).
+//! The list and detail query string, parsed and validated into the registry's query types (pure).
 
 use crate::access::ListScope;
 use crate::http::image_meta::{parse_iso8601, parse_u64};
 use crate::model::{ImageId, Timestamp};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortKey {
-    Name,
-    Status,
-    ContainerFormat,
-    DiskFormat,
-    Size,
-    Id,
-    CreatedAt,
-    UpdatedAt,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortDir {
-    Asc,
-    Desc,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filters {
-    pub name: Option<String>,
-    pub status: Option<String>,
-    pub container_format: Option<String>,
-    pub disk_format: Option<String>,
-    pub size_min: Option<u64>,
-    pub size_max: Option<u64>,
-    pub min_ram: Option<u64>,
-    pub min_disk: Option<u64>,
-    pub protected: Option<bool>,
-    pub changes_since: Option<Timestamp>,
-    /// `property-<key>=<value>`, the key exactly as written.
-    pub properties: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListQuery {
-    pub filters: Filters,
-    pub scope: ListScope,
-    pub sort_key: SortKey,
-    pub sort_dir: SortDir,
-    pub limit: u64,
-    pub marker: Option<ImageId>,
-}
+use crate::registry::query::{Filters, ListQuery, SortDir, SortKey};
 
 fn bad_filter(name: &str, value: &str) -> String {
     format!("Bad value passed to filter {name} got {value}")

@@ -1,19 +1,24 @@
-//! The registry: image records and memberships in an embedded sled database. Every sled call
-//! runs on a blocking thread, every change is flushed to disk before it returns, and changes that
-//! touch an image and the member index commit in one transaction. Nothing outside this module
-//! sees sled.
+//! The registry: image records, their memberships and the indexes that answer lists, behind one
+//! engine trait ([`RegistryEngine`]). The gateway holds a [`Registry`] handle and never sees an
+//! engine's storage; sled ([`SledRegistry`]) is the embedded engine. Everything above this module
+//! (catalog, upload, listing, maintenance) works unchanged with any engine that passes the
+//! conformance suite in [`conformance`].
 
-mod keys;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+pub mod query;
+mod sled_engine;
 
-use std::path::Path;
+use std::any::Any;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use sled::Tree;
+use async_trait::async_trait;
 
-use crate::model::{ImageId, ImageRecord, Membership};
-
-const SCHEMA_VERSION: &[u8] = b"1";
+use crate::model::{ImageId, ImageRecord, ImageStatus, Membership};
+use query::{Filters, SortDir, SortKey};
+pub use sled_engine::{SledRegistry, DEFAULT_CACHE_MB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -27,194 +32,12 @@ pub enum RegistryError {
     Corrupt(String),
 }
 
-impl From<sled::Error> for RegistryError {
-    fn from(e: sled::Error) -> Self {
-        Self::Storage(e.to_string())
-    }
-}
-
-/// What the images tree holds per id: the record and its memberships, so both change together.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// One image as the registry keeps it: the record and its memberships, which change together.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredImage {
     pub record: ImageRecord,
     #[serde(default)]
     pub members: Vec<Membership>,
-}
-
-struct Inner {
-    db: sled::Db,
-    images: Tree,
-    /// `member 0x00 image_id` → empty: which images a member was given.
-    member_images: Tree,
-}
-
-#[derive(Clone)]
-pub struct Registry {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Registry")
-    }
-}
-
-fn encode(image: &StoredImage) -> Result<Vec<u8>, RegistryError> {
-    serde_json::to_vec(image).map_err(|e| RegistryError::Corrupt(e.to_string()))
-}
-
-fn decode(bytes: &[u8]) -> Result<StoredImage, RegistryError> {
-    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt(e.to_string()))
-}
-
-impl Registry {
-    /// Opens (or creates) the registry under `path` (data lives in a versioned subdirectory).
-    pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        Self::from_db(sled::Config::new().path(path.join("v1")).open()?)
-    }
-
-    /// A registry that lives only as long as the value (tests).
-    pub fn temporary() -> Result<Self, RegistryError> {
-        Self::from_db(sled::Config::new().temporary(true).open()?)
-    }
-
-    fn from_db(db: sled::Db) -> Result<Self, RegistryError> {
-        let meta = db.open_tree("meta")?;
-        match meta.get("schema_version")? {
-            None => {
-                meta.insert("schema_version", SCHEMA_VERSION)?;
-            }
-            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
-            Some(v) => {
-                return Err(RegistryError::Corrupt(format!(
-                    "unsupported schema version {}",
-                    String::from_utf8_lossy(&v)
-                )))
-            }
-        }
-        let inner = Inner {
-            images: db.open_tree("images")?,
-            member_images: db.open_tree("member_images")?,
-            db,
-        };
-        inner.db.flush()?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
-    }
-
-    async fn run<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<RegistryError> + Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, E> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| E::from(RegistryError::Storage(format!("registry task failed: {e}"))))?
-    }
-
-    /// Stores a new image; `Conflict` if its id was ever used.
-    pub async fn insert_new(&self, record: ImageRecord) -> Result<ImageRecord, RegistryError> {
-        self.run(move |inner| {
-            let stored = StoredImage {
-                record,
-                members: vec![],
-            };
-            let bytes = encode(&stored)?;
-            let key = stored.record.id.as_str().as_bytes().to_vec();
-            if inner
-                .images
-                .compare_and_swap(&key, None::<&[u8]>, Some(bytes))?
-                .is_err()
-            {
-                return Err(RegistryError::Conflict(stored.record.id.clone()));
-            }
-            inner.db.flush()?;
-            Ok(stored.record)
-        })
-        .await
-    }
-
-    pub async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError> {
-        let key = id.as_str().as_bytes().to_vec();
-        self.run(move |inner| inner.images.get(key)?.map(|b| decode(&b)).transpose())
-            .await
-    }
-
-    /// Every stored image, deleted ones included.
-    pub async fn all(&self) -> Result<Vec<StoredImage>, RegistryError> {
-        self.run(|inner| {
-            inner
-                .images
-                .iter()
-                .map(|kv| decode(&kv?.1))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-    }
-
-    /// Applies `change` to the image atomically (retried on a concurrent change), keeps the member
-    /// index in step with the image's memberships, and flushes. `change` may refuse with its own
-    /// error, in which case nothing is written.
-    pub async fn update<E, F>(&self, id: &ImageId, change: F) -> Result<StoredImage, E>
-    where
-        E: From<RegistryError> + Send + 'static,
-        F: Fn(&mut StoredImage) -> Result<(), E> + Send + 'static,
-    {
-        let key = id.as_str().as_bytes().to_vec();
-        self.run(move |inner| {
-            let result = (&inner.images, &inner.member_images).transaction(|(images, index)| {
-                let Some(bytes) = images.get(&key)? else {
-                    return Err(ConflictableTransactionError::Abort(E::from(
-                        RegistryError::NotFound,
-                    )));
-                };
-                let before =
-                    decode(&bytes).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                let mut after = before.clone();
-                change(&mut after).map_err(ConflictableTransactionError::Abort)?;
-                for m in &before.members {
-                    if !after.members.iter().any(|n| n.member == m.member) {
-                        index.remove(keys::member_image(&m.member, &after.record.id))?;
-                    }
-                }
-                for m in &after.members {
-                    index.insert(keys::member_image(&m.member, &after.record.id), &[])?;
-                }
-                let bytes =
-                    encode(&after).map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                images.insert(key.as_slice(), bytes)?;
-                Ok(after)
-            });
-            let stored = match result {
-                Ok(stored) => stored,
-                Err(TransactionError::Abort(e)) => return Err(e),
-                Err(TransactionError::Storage(e)) => return Err(E::from(e.into())),
-            };
-            inner.db.flush().map_err(|e| E::from(e.into()))?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    /// The memberships naming `member`, with their images.
-    pub async fn shared_with(&self, member: &str) -> Result<Vec<StoredImage>, RegistryError> {
-        let prefix = keys::member_prefix(member);
-        self.run(move |inner| {
-            let mut out = vec![];
-            for kv in inner.member_images.scan_prefix(&prefix) {
-                let (k, _) = kv?;
-                let id = &k[prefix.len()..];
-                if let Some(bytes) = inner.images.get(id)? {
-                    out.push(decode(&bytes)?);
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
 }
 
 impl StoredImage {
@@ -223,79 +46,255 @@ impl StoredImage {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{ImageStatus, Timestamp};
+/// Which images a list page is drawn from (visibility, decided by `access` and `listing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every image.
+    Everything,
+    /// Every image that is not public.
+    NonPublic,
+    /// Public images, plus the images `owner` owns or is a member of (when it has an identity).
+    Tenant(Option<String>),
+}
 
-    fn record() -> ImageRecord {
-        ImageRecord::new(ImageId::random(), Timestamp::now())
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub audience: Audience,
+    pub filters: Filters,
+    pub sort_key: SortKey,
+    pub sort_dir: SortDir,
+    /// The page starts right after this record's place in the order (the marker image, as it is
+    /// now; it need not be in the list itself).
+    pub after: Option<ImageRecord>,
+    pub limit: u64,
+}
+
+/// A change refused by the closure given to [`RegistryEngine::update`], carrying the caller's
+/// own error through the engine untouched.
+pub struct Refusal(pub Box<dyn Any + Send>);
+
+impl fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Refusal")
+    }
+}
+
+/// Why [`RegistryEngine::update`] wrote nothing.
+#[derive(Debug)]
+pub enum UpdateError {
+    Registry(RegistryError),
+    Refused(Refusal),
+}
+
+impl From<RegistryError> for UpdateError {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(e)
+    }
+}
+
+/// A change to one image: applied to the image as it is at commit time; `Err` refuses it.
+pub type Change = Box<dyn Fn(&mut StoredImage) -> Result<(), Refusal> + Send>;
+
+/// Statuses with a small walkable index for the background jobs.
+pub const WALKED_STATES: [ImageStatus; 2] = [ImageStatus::Saving, ImageStatus::PendingDelete];
+
+/// A place that keeps image records.
+///
+/// Contract every engine keeps (checked by [`conformance::run`]):
+///
+/// * **Durable and atomic.** A call that returns `Ok` has reached stable storage. A change to an
+///   image, its memberships, every index and every counter commits as one unit or not at all.
+/// * **Ids are reserved forever.** [`insert_new`](Self::insert_new) answers
+///   [`RegistryError::Conflict`] for an id ever stored, deleted images included (records are
+///   never removed).
+/// * **Compare-and-swap updates.** [`update`](Self::update) runs `change` on the image as it is
+///   when the write commits; if another writer changed the image in between, `change` runs again
+///   on the newer value (so it may run more than once and must not have side effects). Status
+///   transitions are written as checks inside `change` (`queued → saving` only from `queued`),
+///   which makes them compare-and-swap on the status. A refusal writes nothing and comes back as
+///   [`UpdateError::Refused`]; a missing image is [`RegistryError::NotFound`].
+/// * **Lists read about a page.** [`list_page`](Self::list_page) returns at most `limit` records
+///   of the audience, in [`query::order`], strictly after `after`, that pass
+///   [`Filters::matches`]. Images that are deleted, `pending_delete` or `killed` are left out
+///   unless `changes_since` is set. Memory stays bounded by the page and a fixed walk window
+///   whatever the registry's size; the work done follows the page (and the filters' selectivity),
+///   not the number of images.
+/// * [`shared_with`](Self::shared_with) returns the images with a membership naming `member`.
+/// * [`usage`](Self::usage) is the total `size` of the owner's images that hold data (status not
+///   `killed`, `deleted` or `pending_delete`), read in constant time; `None` is images without
+///   an owner.
+/// * [`status_counts`](Self::status_counts) counts every image ever stored, for every status
+///   (zeros included, in declaration order), in constant time.
+/// * [`in_state`](Self::in_state) walks the images in one of [`WALKED_STATES`] by id, after
+///   `after`, at most `limit`, without touching other images.
+/// * Nothing blocks the async runtime: engines run blocking work on blocking threads.
+#[async_trait]
+pub trait RegistryEngine: Send + Sync + fmt::Debug + 'static {
+    /// The engine's name, as the `[registry] kind` setting spells it.
+    fn kind(&self) -> &'static str;
+
+    async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError>;
+
+    /// Stores a new image without members.
+    async fn insert_new(&self, record: ImageRecord) -> Result<ImageRecord, RegistryError>;
+
+    async fn update(&self, id: &ImageId, change: Change) -> Result<StoredImage, UpdateError>;
+
+    async fn list_page(&self, request: PageRequest) -> Result<Vec<ImageRecord>, RegistryError>;
+
+    async fn shared_with(&self, member: &str) -> Result<Vec<StoredImage>, RegistryError>;
+
+    async fn usage(&self, owner: Option<&str>) -> Result<u64, RegistryError>;
+
+    async fn status_counts(&self) -> Result<Vec<(ImageStatus, u64)>, RegistryError>;
+
+    async fn in_state(
+        &self,
+        status: ImageStatus,
+        after: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredImage>, RegistryError>;
+}
+
+/// The registry settings (`[registry]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    pub kind: RegistryKind,
+    pub path: PathBuf,
+    /// sled's page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    Sled,
+}
+
+/// The handle the gateway holds: cheap to clone, one engine behind it.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    engine: Arc<dyn RegistryEngine>,
+}
+
+impl Registry {
+    pub fn new(engine: Arc<dyn RegistryEngine>) -> Self {
+        Self { engine }
     }
 
-    #[tokio::test]
-    async fn ids_are_never_reused() {
-        let reg = Registry::temporary().unwrap();
-        let r = record();
-        reg.insert_new(r.clone()).await.unwrap();
-        assert!(matches!(
-            reg.insert_new(r).await,
-            Err(RegistryError::Conflict(_))
-        ));
+    /// Opens the configured engine (blocking: call from a blocking thread).
+    pub fn open_with(settings: &RegistrySettings) -> Result<Self, RegistryError> {
+        match settings.kind {
+            RegistryKind::Sled => Ok(Self::new(Arc::new(SledRegistry::open(
+                &settings.path,
+                settings.cache_mb,
+            )?))),
+        }
     }
 
-    #[tokio::test]
-    async fn updates_keep_the_member_index() {
-        let reg = Registry::temporary().unwrap();
-        let r = reg.insert_new(record()).await.unwrap();
-        let id = r.id.clone();
-        let id2 = id.clone();
-        reg.update::<RegistryError, _>(&id, move |s| {
-            s.members = vec![Membership {
-                image_id: id2.clone(),
-                member: "t1".into(),
-                can_share: false,
-                seq: 1,
-            }];
-            Ok(())
-        })
-        .await
-        .unwrap();
-        assert_eq!(reg.shared_with("t1").await.unwrap().len(), 1);
-        assert_eq!(reg.shared_with("t").await.unwrap().len(), 0);
-        reg.update::<RegistryError, _>(&id, |s| {
-            s.members.clear();
-            s.record.status = ImageStatus::Deleted;
-            Ok(())
-        })
-        .await
-        .unwrap();
-        assert!(reg.shared_with("t1").await.unwrap().is_empty());
-        let stored = reg.get(&id).await.unwrap().unwrap();
-        assert_eq!(stored.record.status, ImageStatus::Deleted);
+    /// Opens (or creates, or upgrades) a sled registry under `path` with the default cache.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        Ok(Self::new(Arc::new(SledRegistry::open(
+            path,
+            DEFAULT_CACHE_MB,
+        )?)))
     }
 
-    #[tokio::test]
-    async fn a_refused_change_writes_nothing() {
-        let reg = Registry::temporary().unwrap();
-        let r = reg.insert_new(record()).await.unwrap();
-        let result = reg
-            .update::<RegistryError, _>(&r.id, |s| {
-                s.record.name = Some("changed".into());
-                Err(RegistryError::NotFound)
-            })
-            .await;
-        assert!(result.is_err());
-        assert_eq!(reg.get(&r.id).await.unwrap().unwrap().record.name, None);
+    /// A sled registry that lives only as long as the value (tests).
+    pub fn temporary() -> Result<Self, RegistryError> {
+        Ok(Self::new(Arc::new(SledRegistry::temporary()?)))
     }
 
-    #[tokio::test]
-    async fn records_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = {
-            let reg = Registry::open(dir.path()).unwrap();
-            reg.insert_new(record()).await.unwrap().id
-        };
-        let reg = Registry::open(dir.path()).unwrap();
-        assert!(reg.get(&id).await.unwrap().is_some());
+    pub fn engine(&self) -> &dyn RegistryEngine {
+        &*self.engine
+    }
+
+    pub async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError> {
+        self.engine.get(id).await
+    }
+
+    /// Stores a new image; `Conflict` if its id was ever used.
+    pub async fn insert_new(&self, record: ImageRecord) -> Result<ImageRecord, RegistryError> {
+        self.engine.insert_new(record).await
+    }
+
+    /// Applies `change` atomically (see [`RegistryEngine::update`]); `change` may refuse with
+    /// the caller's own error, in which case nothing is written.
+    pub async fn update<E, F>(&self, id: &ImageId, change: F) -> Result<StoredImage, E>
+    where
+        E: From<RegistryError> + Send + 'static,
+        F: Fn(&mut StoredImage) -> Result<(), E> + Send + 'static,
+    {
+        let change: Change = Box::new(move |s| change(s).map_err(|e| Refusal(Box::new(e))));
+        match self.engine.update(id, change).await {
+            Ok(stored) => Ok(stored),
+            Err(UpdateError::Registry(e)) => Err(E::from(e)),
+            Err(UpdateError::Refused(Refusal(any))) => match any.downcast::<E>() {
+                Ok(e) => Err(*e),
+                Err(_) => Err(E::from(RegistryError::Storage(
+                    "a refused change lost its error".to_owned(),
+                ))),
+            },
+        }
+    }
+
+    pub async fn list_page(&self, request: PageRequest) -> Result<Vec<ImageRecord>, RegistryError> {
+        self.engine.list_page(request).await
+    }
+
+    /// The images with a membership naming `member`.
+    pub async fn shared_with(&self, member: &str) -> Result<Vec<StoredImage>, RegistryError> {
+        self.engine.shared_with(member).await
+    }
+
+    pub async fn usage(&self, owner: Option<&str>) -> Result<u64, RegistryError> {
+        self.engine.usage(owner).await
+    }
+
+    pub async fn status_counts(&self) -> Result<Vec<(ImageStatus, u64)>, RegistryError> {
+        self.engine.status_counts().await
+    }
+
+    pub async fn in_state(
+        &self,
+        status: ImageStatus,
+        after: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredImage>, RegistryError> {
+        self.engine.in_state(status, after, limit).await
+    }
+
+    /// Every image ever stored, deleted ones included, read page by page. For tests and offline
+    /// tools only: no request path calls it, since it holds the whole registry.
+    pub async fn all(&self) -> Result<Vec<StoredImage>, RegistryError> {
+        let mut out = vec![];
+        let mut after = None;
+        loop {
+            let page = self
+                .list_page(PageRequest {
+                    audience: Audience::Everything,
+                    filters: Filters {
+                        changes_since: Some(crate::model::Timestamp::from_datetime(
+                            time::macros::datetime!(1000-01-01 0:00 UTC),
+                        )),
+                        ..Filters::default()
+                    },
+                    sort_key: SortKey::Id,
+                    sort_dir: SortDir::Asc,
+                    after,
+                    limit: 1000,
+                })
+                .await?;
+            let Some(last) = page.last().cloned() else {
+                return Ok(out);
+            };
+            for record in page {
+                if let Some(stored) = self.get(&record.id).await? {
+                    out.push(stored);
+                }
+            }
+            after = Some(last);
+        }
     }
 }
