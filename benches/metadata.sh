@@ -10,6 +10,7 @@
 #   BENCH_DIR       scratch directory for the gateway's data (default ${TMPDIR:-/tmp}/...,
 #                   removed at the end)
 #   GATEWAY_BIN     binary to run (default <target>/release/glance-gateway)
+#   SEED_BIN        the seeding client (default <target>/release/examples/metadata_seed)
 #   BENCH_BUILD     1 (default) builds the gateway and the seeding client first; 0 uses them
 #
 # Seeding: `metadata_seed` (benches/metadata_seed.rs) POSTs every image with BENCH_CLIENTS
@@ -39,7 +40,7 @@ BENCH_CACHE_MB="${BENCH_CACHE_MB:-64}"
 BENCH_BUILD="${BENCH_BUILD:-1}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 GATEWAY_BIN="${GATEWAY_BIN:-$target/release/glance-gateway}"
-SEED_BIN="$target/release/examples/metadata_seed"
+SEED_BIN="${SEED_BIN:-$target/release/examples/metadata_seed}"
 
 die() {
     echo "bench: $*" >&2
@@ -86,7 +87,8 @@ base="http://127.0.0.1:$port"
 admin=(-H "x-identity-status: Confirmed" -H "x-tenant-id: tenant-0" -H "x-roles: admin")
 tenant=(-H "x-identity-status: Confirmed" -H "x-tenant-id: tenant-7" -H "x-roles: member")
 
-# Starts the gateway on $1 (a data dir); prints milliseconds from exec to the first answer.
+# Starts the gateway on $1 (a data dir); sets startup_ms to the milliseconds from exec to its
+# first answer.
 start_gateway() {
     local dir="$1"
     cat >"$dir/gateway.toml" <<EOF
@@ -108,7 +110,7 @@ EOF
         sleep 0.002
     done
     t1=$(date +%s%N)
-    echo $(((t1 - t0) / 1000000))
+    startup_ms=$(((t1 - t0) / 1000000))
 }
 
 peak_rss_mib() {
@@ -158,17 +160,21 @@ end
 EOF
 cat >"$work/create.lua" <<'EOF'
 local n = 0
+local meta = {
+    ["x-image-meta-disk_format"] = "qcow2",
+    ["x-image-meta-container_format"] = "bare",
+    ["x-image-meta-size"] = "0",
+    ["x-image-meta-property-os"] = "linux",
+    ["x-image-meta-property-arch"] = "x86_64",
+    ["x-image-meta-property-version"] = "1.0",
+}
 request = function()
     n = n + 1
-    return wrk.format("POST", "/v1/images", {
-        ["x-image-meta-name"] = "bench-create-" .. n,
-        ["x-image-meta-disk_format"] = "qcow2",
-        ["x-image-meta-container_format"] = "bare",
-        ["x-image-meta-size"] = "0",
-        ["x-image-meta-property-os"] = "linux",
-        ["x-image-meta-property-arch"] = "x86_64",
-        ["x-image-meta-property-version"] = "1.0",
-    })
+    local headers = {}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    for k, v in pairs(meta) do headers[k] = v end
+    headers["x-image-meta-name"] = "bench-create-" .. n
+    return wrk.format("POST", "/v1/images", headers)
 end
 EOF
 
@@ -176,12 +182,12 @@ echo "bench: $(nproc) cores; wrk -t1, ${BENCH_SECONDS}s per run, medians of $BEN
 for n in $BENCH_SIZES; do
     dir="$work/n$n"
     mkdir -p "$dir"
-    start_gateway "$dir" >/dev/null
+    start_gateway "$dir"
     seed_out=$("$SEED_BIN" seed "$base" "$n" "$BENCH_CLIENTS" "$dir/ids")
     seed_rss=$(peak_rss_mib)
     stop_gateway
     seed_s=$(awk '{ print $2 }' <<<"$seed_out")
-    startup_ms=$(start_gateway "$dir")
+    start_gateway "$dir"
     echo
     echo "N = $n images: seeded over HTTP in ${seed_s}s ($(awk -v n="$n" -v s="$seed_s" 'BEGIN { printf "%.0f", n / s }') images/s, $BENCH_CLIENTS clients)," \
         "registry $(du -sh "$dir/registry" | cut -f1) on disk"
