@@ -54,7 +54,10 @@ fn identity(req: reqwest::RequestBuilder, tenant: &str, admin: bool) -> reqwest:
 async fn create_one(client: &Client, url: &str, rng: &mut Rng) -> Result<String, Error> {
     let tenant = format!("tenant-{}", rng.next() % TENANTS);
     let mut req = identity(client.post(format!("{url}/v1/images")), &tenant, true)
-        .header("x-image-meta-name", format!("image-{}", rng.next() % 100_000))
+        .header(
+            "x-image-meta-name",
+            format!("image-{}", rng.next() % 100_000),
+        )
         .header("x-image-meta-is_public", (rng.next() % 2 == 0).to_string())
         .header(
             "x-image-meta-disk_format",
@@ -65,7 +68,10 @@ async fn create_one(client: &Client, url: &str, rng: &mut Rng) -> Result<String,
             "x-image-meta-property-os",
             rng.pick(&["linux", "windows", "bsd", "other"]),
         )
-        .header("x-image-meta-property-arch", rng.pick(&["x86_64", "aarch64"]))
+        .header(
+            "x-image-meta-property-arch",
+            rng.pick(&["x86_64", "aarch64"]),
+        )
         .header(
             "x-image-meta-property-version",
             format!("{}.{}", rng.next() % 20, rng.next() % 10),
@@ -78,7 +84,10 @@ async fn create_one(client: &Client, url: &str, rng: &mut Rng) -> Result<String,
         );
     }
     if extra == 2 {
-        req = req.header("x-image-meta-property-team", format!("team-{}", rng.next() % 50));
+        req = req.header(
+            "x-image-meta-property-team",
+            format!("team-{}", rng.next() % 50),
+        );
     }
     let size = if rng.next() % 2 == 0 {
         0
@@ -136,10 +145,7 @@ async fn seed(url: String, count: usize, clients: usize, ids_file: String) -> Re
         }
     }
     out.flush()?;
-    println!(
-        "seconds {:.3} images {n}",
-        started.elapsed().as_secs_f64()
-    );
+    println!("seconds {:.3} images {n}", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use sled::transaction::{
 };
 use sled::{Transactional, Tree};
 
-use super::query::{SortDir, SortKey};
+use super::query::{order, SortDir, SortKey};
 use super::{
     Audience, Change, PageRequest, RegistryEngine, RegistryError, StoredImage, UpdateError,
     WALKED_STATES,
@@ -34,6 +34,8 @@ use crate::model::{ImageId, ImageRecord, ImageStatus};
 use keys::{Scope, GONE, LIVE};
 
 pub const DEFAULT_CACHE_MB: u64 = 64;
+/// The most `changes-since` matches sorted in memory (see `recent_changes`).
+const CHANGES_WINDOW: usize = 2000;
 const SCHEMA_VERSION: &[u8] = b"2";
 
 impl From<sled::Error> for RegistryError {
@@ -59,6 +61,8 @@ struct Trees {
     in_state: Tree,
     /// Records decoded by list pages, for the tests that bound a page's work.
     decoded: AtomicU64,
+    /// `CHANGES_WINDOW`, smaller in tests so both ways of answering are exercised.
+    changes_window: usize,
 }
 
 #[derive(Clone)]
@@ -98,6 +102,7 @@ impl SledRegistry {
             in_state: db.open_tree("in_state")?,
             db,
             decoded: AtomicU64::new(0),
+            changes_window: CHANGES_WINDOW,
         };
         match meta.get("schema_version")? {
             None => {
@@ -119,6 +124,16 @@ impl SledRegistry {
         Ok(Self {
             trees: Arc::new(trees),
         })
+    }
+
+    /// A temporary registry that sorts at most `window` `changes-since` matches in memory.
+    #[cfg(test)]
+    fn temporary_with_window(window: usize) -> Result<Self, RegistryError> {
+        let mut reg = Self::temporary()?;
+        Arc::get_mut(&mut reg.trees)
+            .expect("not shared yet")
+            .changes_window = window;
+        Ok(reg)
     }
 
     /// How many records list pages have decoded so far.
@@ -273,6 +288,46 @@ impl Trees {
         if limit == 0 {
             return Ok(vec![]);
         }
+        if req.filters.changes_since.is_some() && req.sort_key != SortKey::UpdatedAt {
+            if let Some(page) = self.recent_changes(req, limit)? {
+                return Ok(page);
+            }
+        }
+        self.walk(req, limit)
+    }
+
+    /// `changes-since` in another order: the matches are read from the updated_at index (which
+    /// starts at the given time) and sorted here, when there are at most `changes_window` of
+    /// them; otherwise `None`, and the sort index is walked instead.
+    fn recent_changes(
+        &self,
+        req: &PageRequest,
+        limit: usize,
+    ) -> Result<Option<Vec<ImageRecord>>, RegistryError> {
+        let newest = PageRequest {
+            sort_key: SortKey::UpdatedAt,
+            sort_dir: SortDir::Desc,
+            after: None,
+            limit: self.changes_window as u64 + 1,
+            ..req.clone()
+        };
+        let mut found = self.walk(&newest, self.changes_window + 1)?;
+        if found.len() > self.changes_window {
+            return Ok(None);
+        }
+        found.sort_by(|a, b| order(a, b, req.sort_key, req.sort_dir));
+        let start = match &req.after {
+            Some(m) => found.partition_point(|r| {
+                order(r, m, req.sort_key, req.sort_dir) != std::cmp::Ordering::Greater
+            }),
+            None => 0,
+        };
+        found.truncate(start.saturating_add(limit).min(found.len()));
+        Ok(Some(found.split_off(start)))
+    }
+
+    /// Walks the indexes in the page's order, merging its scopes, until `limit` matches.
+    fn walk(&self, req: &PageRequest, limit: usize) -> Result<Vec<ImageRecord>, RegistryError> {
         let f = &req.filters;
         let classes: &[u8] = if f.changes_since.is_some() {
             &[LIVE, GONE]

@@ -11,6 +11,13 @@ async fn passes_the_conformance_suite() {
     conformance::run(registry).await;
 }
 
+/// With a tiny `changes-since` window, those lists take the other way (walking the sort index).
+#[tokio::test]
+async fn passes_the_conformance_suite_with_a_small_changes_window() {
+    let registry = Registry::new(Arc::new(SledRegistry::temporary_with_window(3).unwrap()));
+    conformance::run(registry).await;
+}
+
 #[tokio::test]
 async fn records_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
