@@ -58,7 +58,10 @@ async fn create_one(client: &Client, url: &str, rng: &mut Rng) -> Result<String,
             "x-image-meta-name",
             format!("image-{}", rng.next() % 100_000),
         )
-        .header("x-image-meta-is_public", (rng.next() % 2 == 0).to_string())
+        .header(
+            "x-image-meta-is_public",
+            rng.next().is_multiple_of(2).to_string(),
+        )
         .header(
             "x-image-meta-disk_format",
             rng.pick(&["qcow2", "raw", "vmdk", "iso"]),
@@ -89,7 +92,7 @@ async fn create_one(client: &Client, url: &str, rng: &mut Rng) -> Result<String,
             format!("team-{}", rng.next() % 50),
         );
     }
-    let size = if rng.next() % 2 == 0 {
+    let size = if rng.next().is_multiple_of(2) {
         0
     } else {
         1 + rng.next() % (1 << 30)
@@ -104,7 +107,7 @@ async fn create_one(client: &Client, url: &str, rng: &mut Rng) -> Result<String,
         .as_str()
         .ok_or("no id in the answer")?
         .to_owned();
-    if rng.next() % 10 == 0 {
+    if rng.next().is_multiple_of(10) {
         let member = format!("tenant-{}", rng.next() % TENANTS);
         let resp = identity(
             client.put(format!("{url}/v1/images/{id}/members/{member}")),
