@@ -40,22 +40,29 @@ async fn image_for_change(state: &AppState, caller: &Caller, id: &str) -> ApiRes
 
 fn check_member_quota(state: &AppState, count: usize) -> ApiResult<()> {
     let quota = state.config.image_member_quota;
-    if quota >= 0 && count as i64 > quota {
-        return Err(ApiError::too_large(format!(
-            "The limit has been exceeded on the number of allowed image members for this image. Attempted: {count}, Maximum: {quota}"
-        )));
-    }
-    Ok(())
+    catalog::check_count_quota(quota, count, "image members for this image")
 }
 
 fn next_seq(image: &StoredImage) -> u64 {
     image.members.iter().map(|m| m.seq).max().unwrap_or(0) + 1
 }
 
-fn refuse_deleted(image: &StoredImage) -> ApiResult<()> {
-    if image.record.status.is_deleted() {
-        return Err(ApiError::not_found("Image has been deleted."));
-    }
+/// Changes the members of `image` in one registry update, unless it was deleted meanwhile.
+async fn update_members(
+    state: &AppState,
+    image: &StoredImage,
+    change: impl Fn(&mut StoredImage) + Send + 'static,
+) -> ApiResult<()> {
+    state
+        .registry
+        .update::<ApiError, _>(&image.record.id, move |s| {
+            if s.record.status.is_deleted() {
+                return Err(ApiError::not_found("Image has been deleted."));
+            }
+            change(s);
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
 
@@ -83,34 +90,29 @@ pub async fn replace(
     check_may_change(caller)?;
     let image = image_for_change(state, caller, id).await?;
     check_member_quota(state, wanted.len())?;
-    state
-        .registry
-        .update::<ApiError, _>(&image.record.id, move |s| {
-            refuse_deleted(s)?;
-            let mut seq = next_seq(s);
-            let mut next = Vec::with_capacity(wanted.len());
-            for (member, can_share) in &wanted {
-                match s.membership(member) {
-                    Some(old) => next.push(Membership {
-                        can_share: can_share.unwrap_or(old.can_share),
-                        ..old.clone()
-                    }),
-                    None => {
-                        next.push(Membership {
-                            image_id: s.record.id.clone(),
-                            member: member.clone(),
-                            can_share: can_share.unwrap_or(false),
-                            seq,
-                        });
-                        seq += 1;
-                    }
+    update_members(state, &image, move |s| {
+        let mut seq = next_seq(s);
+        let mut next = Vec::with_capacity(wanted.len());
+        for (member, can_share) in &wanted {
+            match s.membership(member) {
+                Some(old) => next.push(Membership {
+                    can_share: can_share.unwrap_or(old.can_share),
+                    ..old.clone()
+                }),
+                None => {
+                    next.push(Membership {
+                        image_id: s.record.id.clone(),
+                        member: member.clone(),
+                        can_share: can_share.unwrap_or(false),
+                        seq,
+                    });
+                    seq += 1;
                 }
             }
-            s.members = next;
-            Ok(())
-        })
-        .await?;
-    Ok(())
+        }
+        s.members = next;
+    })
+    .await
 }
 
 /// Adds `member`, or sets its `can_share` when it is one already.
@@ -131,29 +133,24 @@ pub async fn add(
     };
     check_member_quota(state, visible + 1)?;
     let member = member.to_owned();
-    state
-        .registry
-        .update::<ApiError, _>(&image.record.id, move |s| {
-            refuse_deleted(s)?;
-            let seq = next_seq(s);
-            let image_id = s.record.id.clone();
-            match s.members.iter_mut().find(|m| m.member == member) {
-                Some(existing) => {
-                    if let Some(c) = can_share {
-                        existing.can_share = c;
-                    }
+    update_members(state, &image, move |s| {
+        let seq = next_seq(s);
+        let image_id = s.record.id.clone();
+        match s.members.iter_mut().find(|m| m.member == member) {
+            Some(existing) => {
+                if let Some(c) = can_share {
+                    existing.can_share = c;
                 }
-                None => s.members.push(Membership {
-                    image_id,
-                    member: member.clone(),
-                    can_share: can_share.unwrap_or(false),
-                    seq,
-                }),
             }
-            Ok(())
-        })
-        .await?;
-    Ok(())
+            None => s.members.push(Membership {
+                image_id,
+                member: member.clone(),
+                can_share: can_share.unwrap_or(false),
+                seq,
+            }),
+        }
+    })
+    .await
 }
 
 /// Removes `member`; 404 when it is not a member.

@@ -74,14 +74,19 @@ fn precheck(state: &AppState, caller: &Caller, req: &mut WriteRequest) -> ApiRes
     Sources::read(state, caller, req)
 }
 
-fn check_property_quota(state: &AppState, count: usize) -> ApiResult<()> {
-    let quota = state.config.image_property_quota;
+/// Refuses `count` items above `quota` (negative: no limit), in the words Glance uses.
+pub(crate) fn check_count_quota(quota: i64, count: usize, what: &str) -> ApiResult<()> {
     if quota >= 0 && count as i64 > quota {
         return Err(ApiError::too_large(format!(
-            "The limit has been exceeded on the number of allowed image properties. Attempted: {count}, Maximum: {quota}"
+            "The limit has been exceeded on the number of allowed {what}. Attempted: {count}, Maximum: {quota}"
         )));
     }
     Ok(())
+}
+
+fn check_property_quota(state: &AppState, count: usize) -> ApiResult<()> {
+    let quota = state.config.image_property_quota;
+    check_count_quota(quota, count, "image properties")
 }
 
 /// `POST /v1/images`.

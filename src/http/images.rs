@@ -133,18 +133,44 @@ fn download_body(body: stores::ByteStream) -> Body {
 
 /// Reads the parts of a POST or PUT that describe metadata and data.
 fn write_request(ctx: &Ctx, body: Body) -> ApiResult<WriteRequest> {
-    let patch = image_meta::decode(&ctx.headers).map_err(|e| ApiError::bad_request(e.0))?;
-    let content_length = match ctx.headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(image_meta::parse_u64)
-                .ok_or_else(|| ApiError::bad_request("Invalid Content-Length"))?,
+    let headers = &ctx.headers;
+    let patch = image_meta::decode(headers).map_err(|e| ApiError::bad_request(e.0))?;
+    let content_length = content_length(headers)?;
+    let has_data = is_chunked(headers) || content_length.is_some_and(|l| l > 0);
+    let data = has_data.then(|| IncomingData {
+        body: Box::pin(
+            body.into_data_stream()
+                .map_err(|e| std::io::Error::other(e.to_string())),
         ),
+        content_type_ok: is_octet_stream(headers),
+        content_length,
+    });
+    let text = |name: &str| {
+        let value = headers.get(name)?;
+        Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
     };
-    let chunked = ctx
-        .headers
+    Ok(WriteRequest {
+        patch,
+        data,
+        content_length,
+        copy_from: text("x-glance-api-copy-from").map(|v| unquote(v.trim()).into_owned()),
+        purge_props: text("x-glance-registry-purge-props").is_none_or(|v| is_true_word(&v)),
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let length = value.to_str().ok().and_then(image_meta::parse_u64);
+    length
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("Invalid Content-Length"))
+}
+
+/// A body framed by a transfer coding carries data whatever its length.
+fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
         .get(header::TRANSFER_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|te| {
@@ -154,38 +180,15 @@ fn write_request(ctx: &Ctx, body: Body) -> ApiResult<WriteRequest> {
                     "chunked" | "compress" | "deflate" | "gzip" | "identity"
                 )
             })
-        });
-    let has_data = chunked || content_length.is_some_and(|l| l > 0);
-    let content_type_ok = ctx
-        .headers
+        })
+}
+
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"));
-    let data = has_data.then(|| IncomingData {
-        body: Box::pin(
-            body.into_data_stream()
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        ),
-        content_type_ok,
-        content_length,
-    });
-    let copy_from = ctx
-        .headers
-        .get("x-glance-api-copy-from")
-        .map(|v| unquote(String::from_utf8_lossy(v.as_bytes()).trim()).into_owned());
-    let purge_props = ctx
-        .headers
-        .get("x-glance-registry-purge-props")
-        .map(|v| is_true_word(&String::from_utf8_lossy(v.as_bytes())))
-        .unwrap_or(true);
-    Ok(WriteRequest {
-        patch,
-        data,
-        content_length,
-        copy_from,
-        purge_props,
-    })
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"))
 }
 
 fn image_response(status: StatusCode, record: &ImageRecord, ctx: &Ctx) -> Response {
