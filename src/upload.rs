@@ -24,6 +24,16 @@ struct UploadGuard {
 }
 
 impl UploadGuard {
+    fn arm(state: &AppState, store: &Arc<dyn Store>, id: &ImageId, key: &ObjectKey) -> Self {
+        Self {
+            registry: state.registry.clone(),
+            store: Arc::clone(store),
+            image_id: id.clone(),
+            key: key.clone(),
+            armed: true,
+        }
+    }
+
     /// Removes the data and kills the image now, then disarms.
     async fn fail(mut self) {
         self.armed = false;
@@ -152,22 +162,16 @@ pub async fn upload(
 ) -> ApiResult<ImageRecord> {
     let location = StoredLocation::for_image(store.name(), id);
     let saving = begin_saving(&state.registry, id, location.clone()).await?;
-    let guard = UploadGuard {
-        registry: state.registry.clone(),
-        store: Arc::clone(&store),
-        image_id: id.clone(),
-        key: location.key.clone(),
-        armed: true,
-    };
+    let guard = UploadGuard::arm(state, &store, id, &location.key);
     let expected_size = (saving.size > 0).then_some(saving.size);
-    let remaining = match check_quota(state, &saving, expected_size.or(content_length)).await {
+    let size_hint = expected_size.or(content_length);
+    let remaining = match check_quota(state, &saving, size_hint).await {
         Ok(remaining) => remaining,
         Err(e) => {
             guard.fail().await;
             return Err(e);
         }
     };
-    let size_hint = expected_size.or(content_length);
     let stored = match store_data(state, &*store, &location.key, body, size_hint, remaining).await {
         Ok(stored) => stored,
         Err(e) => {

@@ -277,14 +277,7 @@ pub async fn delete(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()
     if let Some(loc) = &deleted.record.location {
         if let Err(e) = delete_data(state, loc).await {
             // Put the image back as it was: the data is still there.
-            let id = image.record.id.clone();
-            let _ = state
-                .registry
-                .update::<ApiError, _>(&id, move |s| {
-                    *s = image.clone();
-                    Ok(())
-                })
-                .await;
+            restore(state, image).await;
             return Err(e);
         }
     }
@@ -314,6 +307,21 @@ async fn mark_deleted(state: &AppState, id: &ImageId, delayed: bool) -> ApiResul
             Ok(())
         })
         .await
+}
+
+/// Writes `image` back as it was before a delete whose data removal failed.
+async fn restore(state: &AppState, image: StoredImage) {
+    let id = image.record.id.clone();
+    let restored = state
+        .registry
+        .update::<ApiError, _>(&id, move |s| {
+            *s = image.clone();
+            Ok(())
+        })
+        .await;
+    if let Err(e) = restored {
+        tracing::error!(image = %id, error = %e, "could not restore an image whose data remains");
+    }
 }
 
 /// Removes stored data; a missing object is fine.

@@ -157,15 +157,7 @@ async fn register_location(
         Some(s) => Some(s),
         None => sources.probe_size(state).await?,
     };
-    let supplied = supplied_size.filter(|s| *s > 0);
-    if let (Some(supplied), Some(remote)) = (supplied, remote_size.filter(|s| *s > 0)) {
-        if supplied != remote {
-            return Err(ApiError::conflict(format!(
-                "Provided image size must match the stored image size. (provided size: {supplied}, stored size: {remote})"
-            )));
-        }
-    }
-    let size = supplied.or(remote_size).unwrap_or(0);
+    let size = agreed_size(supplied_size, remote_size)?;
     let (remote_url, registered) = match sources.location {
         Some(LocationSource::Remote(url)) => (Some(url.to_string()), None),
         Some(LocationSource::Registered { store, object }) => (
@@ -192,6 +184,20 @@ async fn register_location(
         })
         .await?;
     Ok(activated.record)
+}
+
+/// The size a registered location gets: the client's, which must match the one the location
+/// reports when both are known (zero counts as unknown).
+fn agreed_size(supplied: Option<u64>, remote: Option<u64>) -> ApiResult<u64> {
+    let supplied = supplied.filter(|s| *s > 0);
+    if let (Some(supplied), Some(remote)) = (supplied, remote.filter(|s| *s > 0)) {
+        if supplied != remote {
+            return Err(ApiError::conflict(format!(
+                "Provided image size must match the stored image size. (provided size: {supplied}, stored size: {remote})"
+            )));
+        }
+    }
+    Ok(supplied.or(remote).unwrap_or(0))
 }
 
 /// Copy-from: fetch the URL and run the upload pipeline; the client polls for the outcome.
