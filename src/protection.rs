@@ -277,6 +277,65 @@ delete = @
     }
 
     #[test]
+    fn updates_keep_what_the_caller_cannot_read() {
+        let rules = PropertyRules::parse(RULES).unwrap();
+        let member = caller(&["member"]);
+        let props = |pairs: &[(&str, &str)]| -> Properties {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                .collect()
+        };
+        let stored = props(&[("x_none_secret", "s"), ("os_distro", "u")]);
+        // A purge keeps the unreadable property and drops the readable, deletable one.
+        let mut sent = props(&[]);
+        rules
+            .check_update(&member, &stored, &mut sent, true)
+            .unwrap();
+        assert_eq!(sent, props(&[("x_none_secret", "s")]));
+        // Changing a value needs update access; resending it unchanged does not.
+        let stored = props(&[("x_owner_a", "1")]);
+        let mut same = props(&[("x_owner_a", "1")]);
+        rules
+            .check_update(&member, &stored, &mut same, false)
+            .unwrap();
+        let mut changed = props(&[("x_owner_a", "2")]);
+        let err = rules.check_update(&member, &stored, &mut changed, false);
+        assert_eq!(
+            err.unwrap_err().message,
+            "Property 'x_owner_a' is protected"
+        );
+        // A purge may not drop a readable property the caller may not delete.
+        let mut sent = props(&[]);
+        assert!(rules
+            .check_update(&member, &stored, &mut sent, true)
+            .is_err());
+        assert!(rules
+            .check_create(&member, &props(&[("x_none_b", "1")]))
+            .is_err());
+    }
+
+    #[test]
+    fn readers_see_only_readable_properties() {
+        let rules = PropertyRules::parse(RULES).unwrap();
+        let mut record = ImageRecord::new(
+            crate::model::ImageId::random(),
+            crate::model::Timestamp::now(),
+        );
+        record
+            .properties
+            .insert("x_none_a".into(), Some("1".into()));
+        record
+            .properties
+            .insert("os_distro".into(), Some("u".into()));
+        let shown = rules.readable(&caller(&["reader"]), &record);
+        assert_eq!(shown.properties.keys().collect::<Vec<_>>(), ["os_distro"]);
+        let keys = ["x_none_a".to_string()];
+        assert!(!rules.may_filter_on(&caller(&["admin"]), keys.iter()));
+        assert!(PropertyRules::default().may_filter_on(&caller(&[]), keys.iter()));
+    }
+
+    #[test]
     fn bad_files_are_refused() {
         for bad in [
             "[(]\ncreate=@\nread=@\nupdate=@\ndelete=@\n",
