@@ -79,18 +79,40 @@ pub async fn list(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Vec<
     Ok(members)
 }
 
-/// Replaces the image's members with `wanted`; members that stay keep their `can_share`
-/// unless the request sets it.
-pub async fn replace(
+/// A change to an image's members.
+pub enum MemberChange {
+    /// Replace every member with these; members that stay keep their `can_share` unless the
+    /// request sets it.
+    Replace(Vec<WantedMember>),
+    /// Add a member, or set its `can_share` when it is one already.
+    Add(WantedMember),
+    /// Remove a member; 404 when it is not one.
+    Remove(String),
+}
+
+/// Applies `change` to the members of image `id`, when the caller may change them.
+pub async fn change(
     state: &AppState,
     caller: &Caller,
     id: &str,
-    wanted: Vec<WantedMember>,
+    change: MemberChange,
 ) -> ApiResult<()> {
     check_may_change(caller)?;
     let image = image_for_change(state, caller, id).await?;
+    match change {
+        MemberChange::Replace(wanted) => replace(state, &image, wanted).await,
+        MemberChange::Add(wanted) => add(state, caller, &image, wanted).await,
+        MemberChange::Remove(member) => remove(state, &image, member).await,
+    }
+}
+
+async fn replace(
+    state: &AppState,
+    image: &StoredImage,
+    wanted: Vec<WantedMember>,
+) -> ApiResult<()> {
     check_member_quota(state, wanted.len())?;
-    update_members(state, &image, move |s| {
+    update_members(state, image, move |s| {
         let mut seq = next_seq(s);
         let mut next = Vec::with_capacity(wanted.len());
         for (member, can_share) in &wanted {
@@ -115,25 +137,20 @@ pub async fn replace(
     .await
 }
 
-/// Adds `member`, or sets its `can_share` when it is one already.
-pub async fn add(
+async fn add(
     state: &AppState,
     caller: &Caller,
-    id: &str,
-    member: &str,
-    can_share: Option<bool>,
+    image: &StoredImage,
+    (member, can_share): WantedMember,
 ) -> ApiResult<()> {
-    check_may_change(caller)?;
-    let image = image_for_change(state, caller, id).await?;
     // Counted before looking the member up, so re-adding at the limit is refused too.
-    let visible = if caller.sees_all_members(&image) {
+    let visible = if caller.sees_all_members(image) {
         image.members.len()
     } else {
         1
     };
     check_member_quota(state, visible + 1)?;
-    let member = member.to_owned();
-    update_members(state, &image, move |s| {
+    update_members(state, image, move |s| {
         let seq = next_seq(s);
         let image_id = s.record.id.clone();
         match s.members.iter_mut().find(|m| m.member == member) {
@@ -153,11 +170,7 @@ pub async fn add(
     .await
 }
 
-/// Removes `member`; 404 when it is not a member.
-pub async fn remove(state: &AppState, caller: &Caller, id: &str, member: &str) -> ApiResult<()> {
-    check_may_change(caller)?;
-    let image = image_for_change(state, caller, id).await?;
-    let member = member.to_owned();
+async fn remove(state: &AppState, image: &StoredImage, member: String) -> ApiResult<()> {
     state
         .registry
         .update::<ApiError, _>(&image.record.id, move |s| {

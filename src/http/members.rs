@@ -10,7 +10,7 @@ use super::image_meta::{check_text, is_true_word};
 use super::views::{json_response, MemberView, SharedImageView};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::membership::{self, WantedMember};
+use crate::membership::{self, MemberChange, WantedMember};
 
 const MAX_JSON_BODY: usize = 1 << 20;
 const MAX_JSON_DEPTH: usize = 32;
@@ -131,7 +131,8 @@ pub async fn list(ctx: &Ctx, id: &str) -> ApiResult<Response> {
 pub async fn replace(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
     membership::check_may_change(&ctx.caller)?;
     let wanted = parse_memberships(read_json(body).await?)?;
-    membership::replace(&ctx.state, &ctx.caller, id, wanted).await?;
+    let change = MemberChange::Replace(wanted);
+    membership::change(&ctx.state, &ctx.caller, id, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -145,12 +146,14 @@ pub async fn add(ctx: &Ctx, id: &str, member: &str, body: Body) -> ApiResult<Res
         .and_then(|m| m.get("can_share"))
         .map(truthy)
         .transpose()?;
-    membership::add(&ctx.state, &ctx.caller, id, member, can_share).await?;
+    let change = MemberChange::Add((member.to_owned(), can_share));
+    membership::change(&ctx.state, &ctx.caller, id, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn remove(ctx: &Ctx, id: &str, member: &str) -> ApiResult<Response> {
-    membership::remove(&ctx.state, &ctx.caller, id, member).await?;
+    let change = MemberChange::Remove(member.to_owned());
+    membership::change(&ctx.state, &ctx.caller, id, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
