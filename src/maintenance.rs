@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use stores::{ObjectKey, StoreName};
+
 use crate::catalog::delete_data;
 use crate::model::{ImageId, ImageStatus, Timestamp};
 use crate::registry::RegistryError;
@@ -51,7 +53,7 @@ pub async fn scrub(state: &AppState) -> anyhow::Result<usize> {
                 continue;
             }
             if let Some(loc) = &r.location {
-                if let Err(e) = delete_data(state, &loc.store, &loc.key).await {
+                if let Err(e) = delete_data(state, loc).await {
                     tracing::warn!(image = %r.id, error = %e.message, "scrub failed; will retry");
                     continue;
                 }
@@ -74,8 +76,12 @@ pub async fn scrub(state: &AppState) -> anyhow::Result<usize> {
 
 /// Does a live image keep its data at `key` of `store`? Keys of the gateway's own objects are
 /// image ids, so this is one lookup.
-async fn referenced(state: &AppState, store: &str, key: &str) -> Result<bool, RegistryError> {
-    let Some(id) = ImageId::parse(key) else {
+async fn referenced(
+    state: &AppState,
+    store: &StoreName,
+    key: &ObjectKey,
+) -> Result<bool, RegistryError> {
+    let Some(id) = ImageId::parse(key.as_str()) else {
         return Ok(false);
     };
     Ok(state.registry.get(&id).await?.is_some_and(|s| {
@@ -83,7 +89,7 @@ async fn referenced(state: &AppState, store: &str, key: &str) -> Result<bool, Re
             && s.record.status != ImageStatus::Killed
             && s.record
                 .location
-                .is_some_and(|l| l.store == store && l.key == key)
+                .is_some_and(|l| l.store == *store && l.key == *key)
     }))
 }
 
@@ -115,7 +121,7 @@ pub async fn sweep(state: &AppState) {
             if !old_enough {
                 continue;
             }
-            match referenced(state, store.name().as_str(), object.key.as_str()).await {
+            match referenced(state, store.name(), &object.key).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
