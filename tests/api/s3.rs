@@ -88,8 +88,8 @@ impl Bucket {
         c.region = Some(self.env.region.clone());
         c.force_path_style = true;
         c.prefix = self.prefix.clone();
-        c.access_key_id = Some(self.env.access_key.clone());
-        c.secret_access_key = Some(self.env.secret_key.clone());
+        c.access_key_id = Some(self.env.access_key.clone().into());
+        c.secret_access_key = Some(self.env.secret_key.clone().into());
         c.part_size = PART as u64;
         c.multipart_threshold = PART as u64;
         c
@@ -510,7 +510,7 @@ async fn s3_wrong_credentials_answer_503_and_other_stores_keep_serving() {
     let bucket = Bucket::new(&env, "badcreds");
     let bad_secret = format!("wrong-secret-{}", uuid::Uuid::new_v4().simple());
     let mut bad = bucket.config();
-    bad.secret_access_key = Some(bad_secret.clone());
+    bad.secret_access_key = Some(bad_secret.clone().into());
     let app = TestApp::builder()
         .store("s3", bucket.store())
         .store("s3bad", StoreConfig::S3(bad))
