@@ -1,7 +1,7 @@
 //! The upload pipeline, the one place image data enters a store:
 //! queued → saving → stream through the running digest into the store → verify cap, quota,
 //! size and checksum → active. Any failure kills the image and removes partial data; an
-//! [`UploadGuard`] does the same when the request future is dropped (client disconnect).
+//! `UploadGuard` does the same when the request future is dropped (client disconnect).
 
 use std::sync::Arc;
 

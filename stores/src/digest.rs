@@ -1,5 +1,5 @@
 //! The one place image bytes are counted and hashed: [`put_digested`] wraps the body in a
-//! [`DigestStream`] on its way into a store. Backends never hash, and the MD5 Glance reports is
+//! `DigestStream` on its way into a store. Backends never hash, and the MD5 Glance reports is
 //! always this running digest (an S3 multipart ETag is not the object's MD5).
 
 use std::io;

@@ -124,7 +124,8 @@ impl PutOptions {
 
 /// A place that keeps image bytes under keys.
 ///
-/// Contract every implementation keeps (checked by the conformance suite in [`testing`]):
+/// Contract every implementation keeps (checked by the conformance suite, the `testing` module
+/// under the feature of that name):
 ///
 /// * **Atomic visibility.** An object becomes readable only once [`put`](Store::put) returns
 ///   `Ok`; until then a `get` of the key answers `NotFound` (or the previous object, never a

@@ -1,5 +1,6 @@
 //! The S3 store against a real S3-compatible server named by `GATEWAY_TEST_S3_*` (see
-//! `scripts/s3-backend.sh`); every test prints "skipping" and passes when the endpoint is unset.
+//! `scripts/s3-backend.sh`); every test prints "skipping" and passes when the endpoint is unset
+//! (and fails instead with `GATEWAY_TEST_REQUIRE_BACKENDS=1`, as in CI).
 //! Each test works under its own random prefix, so runs never see each other's objects.
 
 use std::sync::Arc;
@@ -534,6 +535,10 @@ async fn no_credentials_at_all_is_forbidden() {
     // The standard chain: make sure the environment offers nothing either.
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some()
     {
+        assert!(
+            !stores::test_backends::backends_required(),
+            "AWS credentials in the environment, and GATEWAY_TEST_REQUIRE_BACKENDS=1 forbids skipping"
+        );
         eprintln!("skipping: AWS credentials in the environment");
         return;
     }

@@ -1,7 +1,8 @@
 //! The Swift store against a real Swift (start one with `scripts/swift-backend.sh start`).
 //! Skipped unless `GATEWAY_TEST_SWIFT_AUTH_URL`, `GATEWAY_TEST_SWIFT_USER` and
-//! `GATEWAY_TEST_SWIFT_KEY` are set. Every test works in containers of its own, and checks what
-//! Swift holds through its own raw client rather than through the store.
+//! `GATEWAY_TEST_SWIFT_KEY` are set (failed instead with `GATEWAY_TEST_REQUIRE_BACKENDS=1`, as in
+//! CI). Every test works in containers of its own, and checks what Swift holds through its own
+//! raw client rather than through the store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

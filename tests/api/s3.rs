@@ -1,8 +1,9 @@
 //! The gateway over a real S3-compatible server named by `GATEWAY_TEST_S3_*` (see
 //! `scripts/s3-backend.sh`): uploads and downloads through HTTP, and every failure path leaving
 //! no object, no multipart upload and no active image with wrong bytes. Every test prints
-//! "skipping" and passes when the endpoint is unset; each works under its own random key prefix,
-//! with 5 MiB parts (S3's minimum) so small images take the multipart path.
+//! "skipping" and passes when the endpoint is unset (CI's `GATEWAY_TEST_REQUIRE_BACKENDS=1` makes
+//! it fail instead); each works under its own random key prefix, with 5 MiB parts (S3's minimum)
+//! so small images take the multipart path.
 //!
 //! `s3_control_backend_stopped_mid_upload` stops and resumes the shared server itself: it is
 //! ignored by default and runs only with `GATEWAY_TEST_S3_CONTROL=1`, alone:
