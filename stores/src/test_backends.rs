@@ -16,13 +16,21 @@ pub struct S3TestEnv {
 impl S3TestEnv {
     /// `None` when `GATEWAY_TEST_S3_ENDPOINT` is unset (the tests then skip; see [`gate`]).
     pub fn from_env() -> Option<Self> {
-        const GATE: &str = "GATEWAY_TEST_S3_ENDPOINT";
+        let (endpoint, [bucket, access_key, secret_key]) = gate_with(
+            "GATEWAY_TEST_S3_ENDPOINT",
+            [
+                "GATEWAY_TEST_S3_BUCKET",
+                "GATEWAY_TEST_S3_ACCESS_KEY",
+                "GATEWAY_TEST_S3_SECRET_KEY",
+            ],
+        )?;
+        let region = std::env::var("GATEWAY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into());
         Some(Self {
-            endpoint: gate(GATE)?,
-            region: std::env::var("GATEWAY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
-            bucket: along(GATE, "GATEWAY_TEST_S3_BUCKET"),
-            access_key: along(GATE, "GATEWAY_TEST_S3_ACCESS_KEY"),
-            secret_key: along(GATE, "GATEWAY_TEST_S3_SECRET_KEY"),
+            endpoint,
+            region,
+            bucket,
+            access_key,
+            secret_key,
         })
     }
 }
@@ -38,11 +46,14 @@ pub struct SwiftTestEnv {
 impl SwiftTestEnv {
     /// `None` when `GATEWAY_TEST_SWIFT_AUTH_URL` is unset (the tests then skip; see [`gate`]).
     pub fn from_env() -> Option<Self> {
-        const GATE: &str = "GATEWAY_TEST_SWIFT_AUTH_URL";
+        let (auth_url, [user, key]) = gate_with(
+            "GATEWAY_TEST_SWIFT_AUTH_URL",
+            ["GATEWAY_TEST_SWIFT_USER", "GATEWAY_TEST_SWIFT_KEY"],
+        )?;
         Some(Self {
-            auth_url: gate(GATE)?,
-            user: along(GATE, "GATEWAY_TEST_SWIFT_USER"),
-            key: along(GATE, "GATEWAY_TEST_SWIFT_KEY"),
+            auth_url,
+            user,
+            key,
         })
     }
 }
@@ -66,9 +77,13 @@ pub fn gate(name: &str) -> Option<String> {
     }
 }
 
-/// A variable that must be set along with the backend's `gate` variable.
-fn along(gate: &str, name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{gate} is set but {name} is not"))
+/// The [`gate`] variable of a backend and those that must be set along with it.
+fn gate_with<const N: usize>(name: &str, along: [&str; N]) -> Option<(String, [String; N])> {
+    let value = gate(name)?;
+    let along = along.map(|other| {
+        std::env::var(other).unwrap_or_else(|_| panic!("{name} is set but {other} is not"))
+    });
+    Some((value, along))
 }
 
 /// Swift as seen without any store: tempauth, then plain requests with the token.

@@ -273,6 +273,7 @@ pub(super) struct Tuning {
 mod tests {
     use super::*;
     use crate::s3::S3Store;
+    use crate::{ObjectKey, Store};
 
     fn config() -> S3StoreConfig {
         let mut c = S3StoreConfig::new("images");
@@ -372,5 +373,19 @@ mod tests {
             serde_json::json!({"bucket": "b", "buckett": "x"})
         )
         .is_err());
+    }
+
+    #[tokio::test]
+    async fn debug_and_describe_hide_secrets() {
+        let c = config();
+        let text = format!("{c:?}");
+        assert!(!text.contains("very-secret-value") && !text.contains("AKIDSECRETID"));
+        let store = S3Store::open(StoreName::parse("s3").unwrap(), &c)
+            .await
+            .unwrap();
+        let key = ObjectKey::parse("abc").unwrap();
+        assert_eq!(store.describe(&key), "s3://images/glance/abc");
+        let text = format!("{store:?}");
+        assert!(!text.contains("very-secret-value") && !text.contains("AKIDSECRETID"));
     }
 }

@@ -13,7 +13,7 @@ use crate::{ByteStream, GetObject, StoreError};
 
 impl Inner {
     /// Streams the object at bucket key `full` (or a range of it); `key` names it in errors.
-    pub(super) async fn get_at(
+    pub async fn get_at(
         &self,
         full: &str,
         key: &str,
@@ -21,10 +21,8 @@ impl Inner {
     ) -> Result<GetObject, StoreError> {
         let inner = self;
         let unsatisfiable = |len| StoreError::RangeNotSatisfiable { len };
-        if let Some(r) = &range {
-            if r.start >= r.end {
-                return Err(unsatisfiable(inner.head_len(full, key).await?));
-            }
+        if range.as_ref().is_some_and(Range::is_empty) {
+            return Err(unsatisfiable(inner.head_len(full, key).await?));
         }
         let mut request = inner.client.get_object().bucket(&inner.bucket).key(full);
         if let Some(r) = &range {
@@ -78,7 +76,7 @@ impl Inner {
         }
     }
 
-    pub(super) async fn head_len(&self, full: &str, key: &str) -> Result<u64, StoreError> {
+    pub async fn head_len(&self, full: &str, key: &str) -> Result<u64, StoreError> {
         let out = self
             .client
             .head_object()

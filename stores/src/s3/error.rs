@@ -10,7 +10,7 @@ impl Inner {
     /// Maps an SDK error to a `StoreError`. Messages carry the operation, the S3 error code and
     /// message and the endpoint, never a credential: the SDK's own errors contain none, and the
     /// raw request (which holds the signature) is not included.
-    pub(super) fn map_err<E>(&self, op: &str, key: Option<&str>, err: SdkError<E>) -> StoreError
+    pub fn map_err<E>(&self, op: &str, key: Option<&str>, err: SdkError<E>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {

@@ -26,7 +26,7 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
 impl Inner {
     /// Stores `body` under `key`: reads up to the multipart threshold, then sends what it read
     /// in one PutObject if the body ended there, or starts a multipart upload with it.
-    pub(super) async fn put(
+    pub async fn put(
         self: &Arc<Self>,
         key: &ObjectKey,
         body: ByteStream,

@@ -53,7 +53,7 @@ pub(super) struct PartSizer {
 }
 
 impl PartSizer {
-    pub(super) fn new(tuning: &Tuning, size_hint: Option<u64>) -> Self {
+    pub fn new(tuning: &Tuning, size_hint: Option<u64>) -> Self {
         let hinted = size_hint.map(|len| {
             let size = tuning
                 .part_size
@@ -68,7 +68,7 @@ impl PartSizer {
         }
     }
 
-    pub(super) fn size_after(&self, sent: u64) -> usize {
+    pub fn size_after(&self, sent: u64) -> usize {
         let growth = || growth_size(self.base, self.divisor, sent);
         let size = match self.hinted {
             Some((len, size)) if sent < len => size,

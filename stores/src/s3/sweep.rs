@@ -10,7 +10,7 @@ use crate::{ObjectInfo, ObjectKey, StoreError, SweepReport};
 
 impl Inner {
     /// Removes the object at `key` and any multipart upload of it.
-    pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let full = self.full_key(key);
         match self
             .client
@@ -35,7 +35,7 @@ impl Inner {
     }
 
     /// The complete objects under the prefix.
-    pub(super) async fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
         let mut pages = self
             .client
             .list_objects_v2()
@@ -66,10 +66,7 @@ impl Inner {
     }
 
     /// Aborts the multipart uploads under the prefix initiated before `older_than` ago.
-    pub(super) async fn sweep_incomplete(
-        &self,
-        older_than: Duration,
-    ) -> Result<SweepReport, StoreError> {
+    pub async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
         let cutoff = SystemTime::now()
             .checked_sub(older_than)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -88,7 +85,7 @@ impl Inner {
         Ok(report)
     }
 
-    pub(super) async fn abort_upload(&self, full: &str, upload_id: &str) -> Result<(), StoreError> {
+    pub async fn abort_upload(&self, full: &str, upload_id: &str) -> Result<(), StoreError> {
         match self
             .client
             .abort_multipart_upload()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderValue;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 use super::client::{header_str, transport_detail};
 use super::config::valid_url;
@@ -48,12 +48,12 @@ pub(super) fn token_header(token: &str) -> Option<HeaderValue> {
 }
 
 impl Inner {
-    pub(super) fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         // Never 0, which means "never confirmed".
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    pub(super) fn new_session(
+    pub fn new_session(
         &self,
         storage_url: String,
         token: HeaderValue,
@@ -69,15 +69,15 @@ impl Inner {
         })
     }
 
-    pub(super) fn confirm(&self, session: &Session) {
+    pub fn confirm(&self, session: &Session) {
         session.confirmed_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub(super) fn current_session(&self) -> Option<Arc<Session>> {
+    pub fn current_session(&self) -> Option<Arc<Session>> {
         self.session.lock().expect("session lock").clone()
     }
 
-    pub(super) async fn session(&self) -> Result<Arc<Session>, StoreError> {
+    pub async fn session(&self) -> Result<Arc<Session>, StoreError> {
         match self.current_session() {
             Some(s) => Ok(s),
             None => self.renew(None).await,
@@ -86,7 +86,7 @@ impl Inner {
 
     /// Replaces session `stale` (or the missing one) with a fresh one. Callers that raced on the
     /// same 401 share one renewal.
-    pub(super) async fn renew(&self, stale: Option<u64>) -> Result<Arc<Session>, StoreError> {
+    pub async fn renew(&self, stale: Option<u64>) -> Result<Arc<Session>, StoreError> {
         let _renewing = self.auth_lock.lock().await;
         let current = self.current_session();
         if let Some(cur) = &current {
@@ -119,10 +119,7 @@ impl Inner {
     }
 
     /// Auth v1: the user and key in headers, the token and storage URL back in headers.
-    pub(super) async fn authenticate(
-        &self,
-        creds: &Credentials,
-    ) -> Result<Arc<Session>, StoreError> {
+    pub async fn authenticate(&self, creds: &Credentials) -> Result<Arc<Session>, StoreError> {
         let mut key = HeaderValue::from_str(creds.key.expose())
             .map_err(|_| self.unavailable("the configured key is not a valid header value"))?;
         key.set_sensitive(true);
@@ -169,7 +166,7 @@ impl Inner {
 
     /// Before a streamed PUT, which cannot be replayed once its body was read: renew a token
     /// about to expire, and check one not confirmed lately (renewing it on 401).
-    pub(super) async fn ready_to_stream(&self, container: &str) -> Result<(), StoreError> {
+    pub async fn ready_to_stream(&self, container: &str) -> Result<(), StoreError> {
         let session = self.session().await?;
         let expiring = session
             .expires_at
@@ -184,18 +181,6 @@ impl Inner {
         {
             return Ok(());
         }
-        let what = format!("checking container {container}");
-        let response = self
-            .send(&what, self.request_timeout, |s| {
-                self.request(s, Method::HEAD, container, None)
-            })
-            .await?;
-        match response.status() {
-            s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(self.unavailable(format!(
-                "container {container} does not exist (set create_container to create it)"
-            ))),
-            s => Err(self.status_error(&what, s)),
-        }
+        self.check_container(container, false).await
     }
 }

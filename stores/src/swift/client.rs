@@ -65,19 +65,19 @@ pub(super) fn info_url(storage_url: &str) -> Option<String> {
 }
 
 impl Inner {
-    pub(super) fn store(&self) -> &str {
+    pub fn store(&self) -> &str {
         self.name.as_str()
     }
 
-    pub(super) fn unavailable(&self, message: impl Into<String>) -> StoreError {
+    pub fn unavailable(&self, message: impl Into<String>) -> StoreError {
         StoreError::unavailable(self.store(), message)
     }
 
-    pub(super) fn other(&self, message: impl Into<String>) -> StoreError {
+    pub fn other(&self, message: impl Into<String>) -> StoreError {
         StoreError::other(self.store(), message)
     }
 
-    pub(super) fn failure(&self, what: &str, failure: Failure) -> StoreError {
+    pub fn failure(&self, what: &str, failure: Failure) -> StoreError {
         match failure {
             Failure::Transport(e) => {
                 self.unavailable(format!("{what}: cannot reach Swift: {}", transport_detail(&e)))
@@ -102,25 +102,25 @@ impl Inner {
         }
     }
 
-    pub(super) fn status_error(&self, what: &str, status: StatusCode) -> StoreError {
+    pub fn status_error(&self, what: &str, status: StatusCode) -> StoreError {
         self.failure(what, Failure::Status(status))
     }
 
-    pub(super) fn not_found(&self, key: &str) -> StoreError {
+    pub fn not_found(&self, key: &str) -> StoreError {
         StoreError::NotFound {
             store: self.store().to_owned(),
             key: key.to_owned(),
         }
     }
 
-    pub(super) fn url(&self, session: &Session, container: &str, object: Option<&str>) -> String {
+    pub fn url(&self, session: &Session, container: &str, object: Option<&str>) -> String {
         match object {
             Some(o) => format!("{}/{container}/{o}", session.storage_url),
             None => format!("{}/{container}", session.storage_url),
         }
     }
 
-    pub(super) fn request(
+    pub fn request(
         &self,
         session: &Session,
         method: Method,
@@ -134,7 +134,7 @@ impl Inner {
 
     /// Sends a replayable request, renewing the token once on 401. `timeout` bounds the wait for
     /// the response headers, not the reading of the body.
-    pub(super) async fn send(
+    pub async fn send(
         &self,
         what: &str,
         timeout: Duration,
@@ -165,12 +165,22 @@ impl Inner {
         }
     }
 
-    /// Reads a small response body (listings, manifests, reports) within the request timeout.
-    pub(super) async fn read_body(
+    /// [`send`](Self::send) of a plain request (no body, no query) within the request timeout.
+    pub async fn call(
         &self,
         what: &str,
-        response: Response,
-    ) -> Result<Bytes, StoreError> {
+        method: Method,
+        container: &str,
+        object: Option<&str>,
+    ) -> Result<Response, StoreError> {
+        self.send(what, self.request_timeout, |s| {
+            self.request(s, method.clone(), container, object)
+        })
+        .await
+    }
+
+    /// Reads a small response body (listings, manifests, reports) within the request timeout.
+    pub async fn read_body(&self, what: &str, response: Response) -> Result<Bytes, StoreError> {
         match tokio::time::timeout(self.request_timeout, response.bytes()).await {
             Ok(Ok(b)) => Ok(b),
             Ok(Err(e)) => Err(self.failure(what, Failure::Transport(e))),
@@ -178,7 +188,7 @@ impl Inner {
         }
     }
 
-    pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    pub async fn read_json<T: serde::de::DeserializeOwned>(
         &self,
         what: &str,
         response: Response,
@@ -188,7 +198,7 @@ impl Inner {
             .map_err(|e| self.other(format!("{what}: unreadable answer from Swift: {e}")))
     }
 
-    pub(super) async fn create_container(&self, container: &str) -> Result<(), StoreError> {
+    pub async fn create_container(&self, container: &str) -> Result<(), StoreError> {
         let what = format!("creating container {container}");
         let response = self
             .send(&what, self.request_timeout, |s| {
@@ -203,7 +213,21 @@ impl Inner {
         }
     }
 
-    pub(super) async fn ensure_containers(&self) -> Result<(), StoreError> {
+    /// Checks that `container` exists, creating it when missing if `create`.
+    pub async fn check_container(&self, container: &str, create: bool) -> Result<(), StoreError> {
+        let what = format!("checking container {container}");
+        let response = self.call(&what, Method::HEAD, container, None).await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND if create => self.create_container(container).await,
+            StatusCode::NOT_FOUND => Err(self.unavailable(format!(
+                "container {container} does not exist (set create_container to create it)"
+            ))),
+            s => Err(self.status_error(&what, s)),
+        }
+    }
+
+    pub async fn ensure_containers(&self) -> Result<(), StoreError> {
         if !self.create_container {
             return Ok(());
         }
@@ -216,16 +240,14 @@ impl Inner {
             .map(|_| ())
     }
 
-    pub(super) async fn head(
+    pub async fn head(
         &self,
         container: &str,
         object: &str,
     ) -> Result<Option<HeaderMap>, StoreError> {
         let what = format!("looking up {container}/{object}");
         let response = self
-            .send(&what, self.request_timeout, |s| {
-                self.request(s, Method::HEAD, container, Some(object))
-            })
+            .call(&what, Method::HEAD, container, Some(object))
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
@@ -234,16 +256,10 @@ impl Inner {
         }
     }
 
-    pub(super) async fn delete_object(
-        &self,
-        container: &str,
-        object: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn delete_object(&self, container: &str, object: &str) -> Result<(), StoreError> {
         let what = format!("deleting {container}/{object}");
         let response = self
-            .send(&what, self.request_timeout, |s| {
-                self.request(s, Method::DELETE, container, Some(object))
-            })
+            .call(&what, Method::DELETE, container, Some(object))
             .await?;
         match response.status() {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),

@@ -190,6 +190,7 @@ pub(super) fn valid_url(url: &str) -> bool {
 mod tests {
     use super::*;
     use crate::swift::SwiftStore;
+    use crate::{ObjectKey, Store};
 
     fn config(json: serde_json::Value) -> Result<SwiftStoreConfig, serde_json::Error> {
         serde_json::from_value(json)
@@ -253,5 +254,26 @@ mod tests {
             store.inner.credentials.as_ref().unwrap().key.expose(),
             "filekey"
         );
+    }
+
+    #[tokio::test]
+    async fn secrets_stay_out_of_debug_and_describe() {
+        let json = serde_json::json!({
+            "auth_url": "http://127.0.0.1:1/auth/v1.0", "user": "u:v", "key": "SEKRETKEY",
+            "storage_url": "http://127.0.0.1:1/v1/AUTH_x", "token": "SEKRETTOKEN",
+            "container": "c"
+        });
+        let c = config(json.clone()).unwrap();
+        let store = open(json).await.unwrap();
+        let key = ObjectKey::parse("img").unwrap();
+        for text in [
+            format!("{c:?}"),
+            format!("{store:?}"),
+            store.describe(&key),
+            format!("{:?}", store.inner.current_session().unwrap().token),
+        ] {
+            assert!(!text.contains("SEKRET"), "secret in {text}");
+        }
+        assert_eq!(store.describe(&key), "swift://c/img");
     }
 }

@@ -17,18 +17,16 @@ use crate::{ByteStream, GetObject, ObjectKey, StoreError};
 
 impl Inner {
     /// Streams `object` of `container` (or a range of it).
-    pub(super) async fn get_at(
+    pub async fn get_at(
         &self,
         container: &str,
         object: &str,
         range: Option<Range<u64>>,
     ) -> Result<GetObject, StoreError> {
         let inner = self;
-        if let Some(r) = &range {
-            if r.start >= r.end {
-                let len = inner.head_len_at(container, object).await?;
-                return Err(StoreError::RangeNotSatisfiable { len });
-            }
+        if range.as_ref().is_some_and(Range::is_empty) {
+            let len = inner.head_len_at(container, object).await?;
+            return Err(StoreError::RangeNotSatisfiable { len });
         }
         let what = format!("reading {object}");
         let response = inner
@@ -80,15 +78,11 @@ impl Inner {
         })
     }
 
-    pub(super) async fn head_len(&self, key: &ObjectKey) -> Result<u64, StoreError> {
+    pub async fn head_len(&self, key: &ObjectKey) -> Result<u64, StoreError> {
         self.head_len_at(&self.container, key.as_str()).await
     }
 
-    pub(super) async fn head_len_at(
-        &self,
-        container: &str,
-        object: &str,
-    ) -> Result<u64, StoreError> {
+    pub async fn head_len_at(&self, container: &str, object: &str) -> Result<u64, StoreError> {
         let headers = self
             .head(container, object)
             .await?

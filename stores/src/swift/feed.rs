@@ -29,7 +29,7 @@ pub(super) struct Feed {
 }
 
 impl Feed {
-    pub(super) fn new(source: ByteStream) -> Self {
+    pub fn new(source: ByteStream) -> Self {
         Self {
             source,
             pending: Bytes::new(),
@@ -42,14 +42,14 @@ impl Feed {
         }
     }
 
-    pub(super) fn start(&mut self, limit: u64, hashing: bool) {
+    pub fn start(&mut self, limit: u64, hashing: bool) {
         self.remaining = limit;
         self.sent = 0;
         self.hashing = hashing;
         self.md5 = Md5::new();
     }
 
-    pub(super) fn finish_md5(&mut self) -> [u8; 16] {
+    pub fn finish_md5(&mut self) -> [u8; 16] {
         std::mem::take(&mut self.md5).finalize().into()
     }
 
@@ -70,7 +70,7 @@ impl Feed {
     }
 
     /// Whether the body has bytes beyond what was sent so far.
-    pub(super) async fn has_more(feed: &Arc<Mutex<Feed>>) -> io::Result<bool> {
+    pub async fn has_more(feed: &Arc<Mutex<Feed>>) -> io::Result<bool> {
         futures::future::poll_fn(|cx| {
             let mut f = feed.lock().expect("feed lock");
             f.poll_fill(cx).map_ok(|()| !f.pending.is_empty())

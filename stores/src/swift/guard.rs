@@ -27,7 +27,7 @@ pub(super) struct UploadGuard {
 }
 
 impl UploadGuard {
-    pub(super) fn new(inner: Arc<Inner>, key: ObjectKey) -> Self {
+    pub fn new(inner: Arc<Inner>, key: ObjectKey) -> Self {
         Self {
             inner,
             key,
@@ -50,11 +50,11 @@ impl UploadGuard {
         (armed && pending).then_some(work)
     }
 
-    pub(super) fn disarm(&mut self) {
+    pub fn disarm(&mut self) {
         self.armed = false;
     }
 
-    pub(super) async fn clean_up(mut self) {
+    pub async fn clean_up(mut self) {
         if let Some(work) = self.take_work() {
             self.inner.clean_up(work).await;
         }

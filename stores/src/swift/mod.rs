@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use reqwest::{Method, StatusCode};
 use tokio::sync::OnceCell;
 
 pub use config::SwiftStoreConfig;
@@ -233,9 +232,8 @@ impl Store for SwiftStore {
     }
 
     async fn head_foreign(&self, object: &ForeignObject) -> Result<u64, StoreError> {
-        self.inner
-            .head_len_at(&object.container, &object.name)
-            .await
+        let ForeignObject { container, name } = object;
+        self.inner.head_len_at(container, name).await
     }
 
     async fn get_foreign(
@@ -243,9 +241,8 @@ impl Store for SwiftStore {
         object: &ForeignObject,
         range: Option<Range<u64>>,
     ) -> Result<GetObject, StoreError> {
-        self.inner
-            .get_at(&object.container, &object.name, range)
-            .await
+        let ForeignObject { container, name } = object;
+        self.inner.get_at(container, name, range).await
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
@@ -256,24 +253,9 @@ impl Store for SwiftStore {
     async fn health_check(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         for container in [&inner.container, &inner.segment_container] {
-            let what = format!("checking container {container}");
-            let response = inner
-                .send(&what, inner.request_timeout, |s| {
-                    inner.request(s, Method::HEAD, container, None)
-                })
+            inner
+                .check_container(container, inner.create_container)
                 .await?;
-            match response.status() {
-                s if s.is_success() => {}
-                StatusCode::NOT_FOUND if inner.create_container => {
-                    inner.create_container(container).await?
-                }
-                StatusCode::NOT_FOUND => {
-                    return Err(inner.unavailable(format!(
-                        "container {container} does not exist (set create_container to create it)"
-                    )))
-                }
-                s => return Err(inner.status_error(&what, s)),
-            }
         }
         Ok(())
     }
@@ -287,39 +269,5 @@ impl Store for SwiftStore {
     /// since a segment in flight is not listed yet.
     async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
         self.inner.sweep_incomplete(older_than).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(json: serde_json::Value) -> Result<SwiftStoreConfig, serde_json::Error> {
-        serde_json::from_value(json)
-    }
-
-    async fn open(json: serde_json::Value) -> Result<SwiftStore, StoreError> {
-        SwiftStore::open(StoreName::parse("swift").unwrap(), &config(json).unwrap()).await
-    }
-
-    #[tokio::test]
-    async fn secrets_stay_out_of_debug_and_describe() {
-        let json = serde_json::json!({
-            "auth_url": "http://127.0.0.1:1/auth/v1.0", "user": "u:v", "key": "SEKRETKEY",
-            "storage_url": "http://127.0.0.1:1/v1/AUTH_x", "token": "SEKRETTOKEN",
-            "container": "c"
-        });
-        let c = config(json.clone()).unwrap();
-        let store = open(json).await.unwrap();
-        let key = ObjectKey::parse("img").unwrap();
-        for text in [
-            format!("{c:?}"),
-            format!("{store:?}"),
-            store.describe(&key),
-            format!("{:?}", store.inner.current_session().unwrap().token),
-        ] {
-            assert!(!text.contains("SEKRET"), "secret in {text}");
-        }
-        assert_eq!(store.describe(&key), "swift://c/img");
     }
 }

@@ -85,7 +85,7 @@ fn parse_segment_name(name: &str) -> Option<(ObjectKey, &str)> {
 impl Inner {
     /// Removes the object at `key`: a manifest with its segments, and any segments an earlier
     /// upload of the key left.
-    pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let inner = self;
         if let Some(headers) = inner.head(&inner.container, key.as_str()).await? {
             let what = format!("deleting {key}");
@@ -142,7 +142,7 @@ impl Inner {
     }
 
     /// The complete objects in the container.
-    pub(super) async fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
         let inner = self;
         Ok(inner
             .list_objects(&inner.container, "")
@@ -160,10 +160,7 @@ impl Inner {
     /// Removes the segments of upload runs whose newest segment is older than `older_than` and
     /// that no manifest names. `older_than` must exceed the time one segment takes to upload,
     /// since a segment in flight is not listed yet.
-    pub(super) async fn sweep_incomplete(
-        &self,
-        older_than: Duration,
-    ) -> Result<SweepReport, StoreError> {
+    pub async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
         let inner = self;
         let now = SystemTime::now();
         let mut runs: std::collections::BTreeMap<(ObjectKey, String), (SystemTime, Vec<String>)> =
@@ -197,7 +194,7 @@ impl Inner {
     }
 
     /// Every object under `prefix`, page by page. A missing container lists as empty.
-    pub(super) async fn list_objects(
+    pub async fn list_objects(
         &self,
         container: &str,
         prefix: &str,
@@ -231,7 +228,7 @@ impl Inner {
         }
     }
 
-    pub(super) async fn delete_all(
+    pub async fn delete_all(
         &self,
         container: &str,
         names: Vec<String>,
@@ -245,11 +242,7 @@ impl Inner {
         Ok(count)
     }
 
-    pub(super) async fn delete_prefix(
-        &self,
-        container: &str,
-        prefix: &str,
-    ) -> Result<usize, StoreError> {
+    pub async fn delete_prefix(&self, container: &str, prefix: &str) -> Result<usize, StoreError> {
         let names = self
             .list_objects(container, prefix)
             .await?

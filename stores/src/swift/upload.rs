@@ -32,7 +32,7 @@ struct SegmentDone {
 
 impl Inner {
     /// Stores `body` under `key`, segmented unless the size hint is below `large_object_size`.
-    pub(super) async fn put(
+    pub async fn put(
         self: &Arc<Self>,
         key: &ObjectKey,
         body: ByteStream,
