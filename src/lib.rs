@@ -2,12 +2,15 @@
 //! stores.
 
 pub mod access;
+pub mod admin;
 pub mod catalog;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod listing;
 pub mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod protection;
 pub mod registry;
@@ -17,4 +20,4 @@ pub mod state;
 pub mod upload;
 
 pub use http::router;
-pub use server::{open_state, serve};
+pub use server::{open_state, serve, serve_admin};

@@ -1,4 +1,4 @@
-//! What every request handler shares: configuration, the registry and the stores.
+//! What every request handler shares: configuration, the registry, the stores and the metrics.
 
 use std::sync::Arc;
 
@@ -6,6 +6,7 @@ use stores::{Store, Stores};
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::remote::RemoteClient;
 
@@ -15,6 +16,7 @@ pub struct AppState {
     pub registry: Registry,
     pub stores: Arc<Stores>,
     pub remote: RemoteClient,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

@@ -150,6 +150,7 @@ pub async fn upload(
     body: ByteStream,
     content_length: Option<u64>,
 ) -> ApiResult<ImageRecord> {
+    let _in_progress = state.metrics.upload_started();
     let key = ObjectKey::parse(id.as_str()).expect("image ids are valid object keys");
     let location = StoredLocation {
         store: store.name().to_string(),

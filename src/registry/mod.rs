@@ -21,6 +21,8 @@ pub enum RegistryError {
     NotFound,
     #[error("an image with identifier {0} already exists")]
     Conflict(ImageId),
+    #[error("the registry is in use by another process")]
+    InUse,
     #[error("registry storage failed: {0}")]
     Storage(String),
     #[error("corrupt registry record: {0}")]
@@ -29,7 +31,14 @@ pub enum RegistryError {
 
 impl From<sled::Error> for RegistryError {
     fn from(e: sled::Error) -> Self {
-        Self::Storage(e.to_string())
+        match e {
+            // sled locks its files exclusively and reports a held lock only in this message:
+            // another process (a running gateway) has the registry open.
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                Self::InUse
+            }
+            e => Self::Storage(e.to_string()),
+        }
     }
 }
 
@@ -140,6 +149,12 @@ impl Registry {
     pub async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError> {
         let key = id.as_str().as_bytes().to_vec();
         self.run(move |inner| inner.images.get(key)?.map(|b| decode(&b)).transpose())
+            .await
+    }
+
+    /// Writes everything to disk (at shutdown; each change is flushed already).
+    pub async fn flush(&self) -> Result<(), RegistryError> {
+        self.run(|inner| inner.db.flush().map(drop).map_err(RegistryError::from))
             .await
     }
 

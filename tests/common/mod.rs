@@ -188,6 +188,7 @@ impl TestAppBuilder {
             file,
             Overrides {
                 bind: Some("127.0.0.1:0".to_owned()),
+                admin_bind: Some("127.0.0.1:0".to_owned()),
                 data_dir: Some(data_dir.to_owned()),
                 auth: None,
             },
