@@ -54,6 +54,8 @@ pub struct TestAppBuilder {
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
     sweep_min_age: Option<u64>,
+    healthcheck_disable_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
 }
 
 impl TestAppBuilder {
@@ -132,6 +134,14 @@ impl TestAppBuilder {
         self.sweep_min_age = Some(v);
         self
     }
+    pub fn healthcheck_disable_file(mut self, path: &Path) -> Self {
+        self.healthcheck_disable_file = Some(path.to_owned());
+        self
+    }
+    pub fn admin_token_file(mut self, path: &Path) -> Self {
+        self.admin_token_file = Some(path.to_owned());
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -181,6 +191,8 @@ impl TestAppBuilder {
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
             sweep_min_age: self.sweep_min_age,
+            healthcheck_disable_file: self.healthcheck_disable_file.clone(),
+            admin_token_file: self.admin_token_file.clone(),
             stores,
             ..ConfigFile::default()
         };
@@ -221,6 +233,18 @@ impl TestAppBuilder {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let admin_addr = admin_listener.local_addr().expect("local addr");
+        let (admin_tx, admin_rx) = oneshot::channel::<()>();
+        tokio::spawn(glance_gateway::serve_admin(
+            admin_listener,
+            state.clone(),
+            async {
+                let _ = admin_rx.await;
+            },
+        ));
         let (tx, rx) = oneshot::channel::<()>();
         let served = state.clone();
         let task = tokio::spawn(async move {
@@ -229,6 +253,7 @@ impl TestAppBuilder {
             })
             .await
             .expect("serve");
+            let _ = admin_tx.send(());
         });
         // No idle connections: a restarted gateway must not find the old one still holding state.
         let client = Client::builder()
@@ -238,6 +263,7 @@ impl TestAppBuilder {
             .expect("client");
         TestApp {
             base: format!("http://{addr}"),
+            admin_base: format!("http://{admin_addr}"),
             addr,
             client,
             dir,
@@ -251,6 +277,8 @@ impl TestAppBuilder {
 
 pub struct TestApp {
     pub base: String,
+    /// The admin listener (metrics, operations).
+    pub admin_base: String,
     pub addr: SocketAddr,
     pub client: Client,
     pub dir: Arc<TempDir>,
