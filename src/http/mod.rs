@@ -247,13 +247,7 @@ async fn answer(
         Version::V1(rest) => {
             let rest = rest.to_owned();
             let response = match req_id {
-                Ok(req_id) => {
-                    let mut response = serve_v1(state, parts, body, &rest, access).await;
-                    if let Ok(v) = HeaderValue::from_str(&req_id) {
-                        response.headers_mut().insert(REQUEST_ID.clone(), v);
-                    }
-                    response
-                }
+                Ok(req_id) => serve_v1(state, parts, body, &rest, &req_id, access).await,
                 Err(e) => e.into_response(),
             };
             if access.route == "other" {
@@ -318,8 +312,10 @@ async fn serve_v1(
     parts: Parts,
     body: Body,
     path: &str,
+    req_id: &str,
     access: &mut Access,
 ) -> Response {
+    // A caller refused by identity gets no request id, as behind Glance's auth middleware.
     let caller = match Caller::identify(&parts.headers, &state.config) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -335,9 +331,12 @@ async fn serve_v1(
         headers: parts.headers,
         query: parts.uri.query().map(str::to_owned),
     };
-    let response = route(ctx, endpoint, body)
+    let mut response = route(ctx, endpoint, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    if let Ok(v) = HeaderValue::from_str(req_id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
     if access.image.is_none() {
         // A created image's id is known only from the answer.
         access.image = response
