@@ -62,13 +62,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     }
     let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
     let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
-    let state = AppState {
-        config: Arc::new(config),
-        registry,
-        stores: Arc::new(stores),
-        remote,
-        metrics,
-    };
+    let state = AppState::new(config, registry, stores, remote, metrics).await?;
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {
         tracing::warn!(
