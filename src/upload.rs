@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use stores::{put_digested, ByteStream, ObjectKey, PutError, Store, Stored};
+use tracing::Instrument;
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
@@ -53,11 +54,14 @@ impl UploadGuard {
             self.image_id.clone(),
             self.key.clone(),
         );
-        tokio::spawn(async move {
-            if let Err(e) = store.delete(&key).await {
-                tracing::warn!(image = %id, error = %e, "could not remove partial image data; the sweep will");
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.delete(&key).await {
+                    tracing::warn!(image = %id, error = %e, "could not remove partial image data; the sweep will");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     fn disarm(mut self) {
@@ -74,7 +78,11 @@ impl Drop for UploadGuard {
         let (id, key) = (self.image_id.clone(), self.key.clone());
         tracing::warn!(image = %id, "upload interrupted; cleaning up");
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { cleanup(&registry, &*store, &id, &key).await });
+            // The request's span is entered while its future is dropped: the cleanup's lines
+            // keep the request id.
+            handle.spawn(
+                async move { cleanup(&registry, &*store, &id, &key).await }.in_current_span(),
+            );
         }
     }
 }

@@ -48,7 +48,7 @@ fn bearer_matches(headers: &HeaderMap, token: &[u8]) -> bool {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(None);
+    let body = state.metrics.render();
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 

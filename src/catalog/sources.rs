@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use stores::{ForeignObject, Store};
+use tracing::Instrument;
 use url::Url;
 
 use super::patch::require_formats;
@@ -116,12 +117,11 @@ pub(super) async fn attach(
         return register_location(state, &record, req.patch.size, sources, probed_size).await;
     }
     if let Some(url) = sources.copy_from {
-        tokio::spawn(copy_in_background(
-            state.clone(),
-            record.id.clone(),
-            url,
-            sources.store,
-        ));
+        // The copy's lines carry the request id of the POST or PUT that started it.
+        tokio::spawn(
+            copy_in_background(state.clone(), record.id.clone(), url, sources.store)
+                .in_current_span(),
+        );
     }
     Ok(record)
 }

@@ -58,11 +58,6 @@ struct BuildLabels {
     commit: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabels {
-    pub status: &'static str,
-}
-
 type DurationFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// From 1 ms to about 9 minutes: metadata calls and multi-GiB transfers on one scale.
@@ -190,24 +185,11 @@ impl Metrics {
         UploadInProgress(Arc::clone(self))
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of every metric, plus `extra` lines.
-    pub fn render(&self, images: Option<&[(&'static str, u64)]>) -> String {
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        if let Some(counts) = images {
-            // Rendered from the registry's counters at scrape time, not kept here.
-            let mut extra = Registry::with_prefix("glance_gateway");
-            let family = Family::<StatusLabels, Gauge>::default();
-            for (status, n) in counts {
-                family
-                    .get_or_create(&StatusLabels { status })
-                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
-            }
-            extra.register("images", "Images in the registry by status", family);
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &extra)
-                .expect("writing to a String cannot fail");
-        }
         out
     }
 }

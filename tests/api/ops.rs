@@ -575,6 +575,48 @@ async fn json_log_lines_parse_and_carry_the_request_id() {
     assert_eq!(access["status"], 404);
     assert_eq!(access["image"], id.to_string());
     assert!(access["duration_ms"].as_f64().is_some());
+    // A client that goes away mid-upload: the cleanup's lines keep the request id.
+    let cut = uuid::Uuid::new_v4().to_string();
+    let mut stream = TcpStream::connect(gateway.api).await.unwrap();
+    let head = post_head(&cut, 1_000_000).replace(
+        "Connection: close\r\n",
+        "Connection: close\r\nx-openstack-request-id: req-ops-json-3\r\n",
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[5u8; 200_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let mut cut_lines = vec![];
+    for _ in 0..200 {
+        cut_lines = gateway
+            .json_lines()
+            .into_iter()
+            .filter(|l| l["span"]["request_id"] == "req-ops-json-3")
+            .collect();
+        if cut_lines.iter().any(|l| l["message"] == "served") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        cut_lines.iter().any(|l| l["message"] != "served"),
+        "the failure is logged under the request id: {cut_lines:?}"
+    );
+    let access = cut_lines
+        .iter()
+        .find(|l| l["message"] == "served")
+        .expect("access line");
+    assert_eq!(access["bytes_in"], 200_000);
+    // The background delete after the failed store write (a spawned task) keeps the request id.
+    let lines = gateway.json_lines();
+    assert!(
+        lines.iter().any(|l| {
+            l["message"] == "could not remove partial image data; the sweep will"
+                && l["span"]["request_id"] == "req-ops-json-1"
+        }),
+        "{lines:?}"
+    );
+
     // Startup names the configuration, the registry and each store, without credentials.
     let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
     for m in [
