@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::store::MeteredStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreLabels};
 use crate::registry::Registry;
 use crate::remote::RemoteClient;
 use crate::state::AppState;
@@ -152,7 +152,17 @@ async fn listen(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Probes every store every `store_probe_interval` seconds, for `glance_gateway_store_up`.
 async fn probe_stores(state: AppState) {
     let every = Duration::from_secs(state.config.store_probe_interval);
-    let mut up: Vec<bool> = state.stores.iter().map(|_| true).collect();
+    // As the startup probe left them, so a store already reported down is not reported again.
+    let mut up: Vec<bool> = state
+        .stores
+        .iter()
+        .map(|store| {
+            let labels = StoreLabels {
+                store: store.name().to_string(),
+            };
+            state.metrics.store_up.get_or_create(&labels).get() == 1
+        })
+        .collect();
     loop {
         tokio::time::sleep(every).await;
         for (store, was_up) in state.stores.iter().zip(up.iter_mut()) {

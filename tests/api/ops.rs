@@ -830,3 +830,45 @@ fn version_names_the_commit() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn store_up_follows_the_periodic_probe() {
+    let gateway = Gateway::start("store_probe_interval = 1\n");
+    let client = reqwest::Client::new();
+    let up = || async {
+        let text = client
+            .get(format!("http://{}/metrics", gateway.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scrape = Scrape::parse(&text).unwrap();
+        gauge(&scrape, "glance_gateway_store_up", &[("store", "file")])
+    };
+    let wait_for = |want: f64| async move {
+        for _ in 0..100 {
+            if up().await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("store_up never became {want}");
+    };
+    assert_eq!(up().await, 1.0);
+    // The file store's probe needs its temp directory.
+    let tmp = gateway.data().join("images").join(".tmp");
+    let aside = gateway.data().join("tmp-aside");
+    std::fs::rename(&tmp, &aside).unwrap();
+    wait_for(0.0).await;
+    std::fs::rename(&aside, &tmp).unwrap();
+    wait_for(1.0).await;
+    let lines = gateway.json_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "store health probe failed" && l["store"] == "file"));
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "store is back" && l["store"] == "file"));
+}
