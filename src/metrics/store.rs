@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 use stores::{
-    ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, RunningMd5, Store, StoreError,
+    ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, PutOptions, Store, StoreError,
     StoreName, SweepReport,
 };
 
@@ -177,22 +177,10 @@ impl Store for MeteredStore {
         &self,
         key: &ObjectKey,
         body: ByteStream,
-        size_hint: Option<u64>,
+        options: PutOptions,
     ) -> Result<(), StoreError> {
         let body = self.count_in(body);
-        self.observe("put", self.inner.put(key, body, size_hint))
-            .await
-    }
-
-    async fn put_with_md5(
-        &self,
-        key: &ObjectKey,
-        body: ByteStream,
-        size_hint: Option<u64>,
-        md5: RunningMd5,
-    ) -> Result<(), StoreError> {
-        let body = self.count_in(body);
-        self.observe("put", self.inner.put_with_md5(key, body, size_hint, md5))
+        self.observe("put", self.inner.put(key, body, options))
             .await
     }
 

@@ -128,8 +128,8 @@ fn unreachable_s3() -> StoreConfig {
     c.endpoint = Some(format!("http://127.0.0.1:{port}"));
     c.region = Some("us-east-1".to_owned());
     c.force_path_style = true;
-    c.access_key_id = Some("AKIDUNUSED".to_owned());
-    c.secret_access_key = Some("unused-secret".to_owned());
+    c.access_key_id = Some("AKIDUNUSED".into());
+    c.secret_access_key = Some("unused-secret".into());
     c.max_attempts = 1;
     StoreConfig::S3(c)
 }
