@@ -82,7 +82,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
+            // Glance's header spelling (`X-Image-Meta-Disk_format`, `Etag`): some clients
+            // compare names case-sensitively.
             builder
+                .title_case_headers(true)
                 .max_headers(MAX_HEADERS)
                 .header_read_timeout(Duration::from_secs(60))
                 .timer(hyper_util::rt::TokioTimer::new());

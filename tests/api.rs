@@ -31,3 +31,5 @@ mod swift;
 mod update_delete;
 #[path = "api/versions.rs"]
 mod versions;
+#[path = "api/wire.rs"]
+mod wire;

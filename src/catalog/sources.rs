@@ -90,7 +90,20 @@ fn location_source(state: &AppState, caller: &Caller, text: &str) -> ApiResult<L
         }
         return Ok(LocationSource::Registered { store, object });
     }
+    // The URL is parsed before any policy applies, so a malformed one reads the same whatever
+    // `remote_sources` says.
+    if !text.is_empty() && is_malformed(text) {
+        return Err(ApiError::bad_request("Invalid location"));
+    }
     state.remote.validate(text).map(LocationSource::Remote)
+}
+
+/// Not a URL at all, or an `http(s)` URL without a host.
+fn is_malformed(text: &str) -> bool {
+    match Url::parse(text) {
+        Ok(url) => matches!(url.scheme(), "http" | "https") && url.host().is_none(),
+        Err(_) => true,
+    }
 }
 
 /// Attaches the data of a queued image: the body, an external location, or a copy source.

@@ -74,14 +74,20 @@ pub fn parse_u64(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
+/// Glance's `InvalidParameterValue` wording, which clients show as is.
 fn parse_int_field(field: &str, value: &str) -> Result<u64, MetaError> {
+    let invalid = |extra: String| {
+        MetaError(format!(
+            "Invalid value '{value}' for parameter {field}: {extra}"
+        ))
+    };
     if let Some(rest) = value.strip_prefix('-') {
         if parse_u64(rest).is_some() {
-            return err("Cannot be a negative value.");
+            return Err(invalid("Cannot be a negative value.".to_owned()));
         }
     }
     parse_u64(value).ok_or_else(|| {
-        MetaError(format!(
+        invalid(format!(
             "Cannot convert image {field} '{value}' to an integer."
         ))
     })
@@ -402,7 +408,15 @@ mod tests {
             assert!(e.0.contains("Cannot convert image size"), "{bad:?}: {e}");
         }
         let e = decode_pairs(&[("x-image-meta-min_ram", "-1")]).unwrap_err();
-        assert_eq!(e.0, "Cannot be a negative value.");
+        assert_eq!(
+            e.0,
+            "Invalid value '-1' for parameter min_ram: Cannot be a negative value."
+        );
+        let e = decode_pairs(&[("x-image-meta-size", "abc")]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "Invalid value 'abc' for parameter size: Cannot convert image size 'abc' to an integer."
+        );
         let e = decode_pairs(&[("x-image-meta-min_disk", "2147483648")]).unwrap_err();
         assert!(e.0.contains("2147483647"));
         let p = decode_pairs(&[("x-image-meta-virtual_size", "None")]).unwrap();

@@ -472,7 +472,10 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
 pub struct RawResponse {
     /// 0 when the server sent nothing.
     pub status: u16,
+    /// Names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// Names exactly as they came on the wire.
+    pub wire_names: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -488,8 +491,10 @@ impl RawResponse {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
+        let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+        let wire_names = fields.iter().map(|(n, _)| n.trim().to_owned()).collect();
+        let headers: Vec<(String, String)> = fields
+            .iter()
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let mut body = buf[end + 4..].to_vec();
@@ -502,6 +507,7 @@ impl RawResponse {
         Self {
             status,
             headers,
+            wire_names,
             body,
         }
     }
