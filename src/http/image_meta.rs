@@ -178,8 +178,10 @@ pub fn decode(headers: &HeaderMap) -> Result<MetaPatch, MetaError> {
         let value = unquote(value);
         let value = value.as_ref();
         if let Some(key) = lower.strip_prefix(PROPERTY_PREFIX) {
-            let key = unquote(key).replace('-', "_");
-            if key.is_empty() || key.chars().count() > 255 {
+            // The canonical key: decoded first, then lower-cased, so that no spelling
+            // (`%58_owner` for `x_owner`) slips past a protection rule on the stored key.
+            let key = unquote(key).to_lowercase().replace('-', "_");
+            if key.is_empty() || key.chars().count() > 255 || key.chars().any(char::is_control) {
                 return err(format!("Bad header: {lower}"));
             }
             check_text("A property key", &key)?;
@@ -355,6 +357,24 @@ mod tests {
         assert!(e.0.contains("Basic Multilingual Plane"), "{e}");
         let e = decode_pairs(&[("x-image-meta-property-%F0%9F%98%80", "x")]).unwrap_err();
         assert!(e.0.contains("Basic Multilingual Plane"), "{e}");
+    }
+
+    #[test]
+    fn property_keys_are_canonical_after_decoding() {
+        let p = decode_pairs(&[("x-image-meta-property-%58_owner_a", "x")]).unwrap();
+        assert_eq!(p.properties["x_owner_a"], Some("x".into()));
+        let p = decode_pairs(&[("x-image-meta-property-%C3%89t%C3%A9", "x")]).unwrap();
+        assert_eq!(p.properties["\u{e9}t\u{e9}"], Some("x".into()));
+        for bad in ["a%0Ab", "%00", "a%09b", "%7F"] {
+            let name = format!("x-image-meta-property-{bad}");
+            assert!(decode_pairs(&[(&name, "x")]).is_err(), "{bad}");
+        }
+        // Two spellings of one key are one key.
+        assert!(decode_pairs(&[
+            ("x-image-meta-property-%58_a", "1"),
+            ("x-image-meta-property-x_a", "2")
+        ])
+        .is_err());
     }
 
     #[test]
