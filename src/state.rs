@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use stores::{Store, StoreName, Stores};
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
@@ -20,6 +21,8 @@ pub struct AppState {
     pub registry: Registry,
     pub stores: Arc<Stores>,
     pub remote: RemoteClient,
+    /// Permits for copy-from imports (`max_concurrent_imports`); waiters are served in order.
+    pub imports: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -34,6 +37,7 @@ impl AppState {
             .await
             .context("config key `property_protection_file`")?;
         Ok(Self {
+            imports: Arc::new(Semaphore::new(config.max_concurrent_imports)),
             config: Arc::new(config),
             property_rules: Arc::new(property_rules),
             registry,

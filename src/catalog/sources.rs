@@ -213,18 +213,38 @@ fn agreed_size(supplied: Option<u64>, remote: Option<u64>) -> ApiResult<u64> {
     Ok(supplied.or(remote).unwrap_or(0))
 }
 
-/// Copy-from: fetch the URL and run the upload pipeline; the client polls for the outcome.
+/// Copy-from: fetch the URL and run the upload pipeline; the client polls for the outcome. At
+/// most `max_concurrent_imports` run at once (the others wait, queued, in order), each within
+/// `import_timeout` or the image is killed.
 async fn copy_in_background(state: AppState, id: ImageId, url: Url, store: Arc<dyn Store>) {
-    let outcome = match state.remote.open(&url).await {
-        Ok((body, len)) => upload::upload(&state, &id, store, body, len)
+    let Ok(_permit) = Arc::clone(&state.imports).acquire_owned().await else {
+        return;
+    };
+    let limit = state.config.import_timeout;
+    let outcome = match tokio::time::timeout(limit, copy(&state, &id, &url, store)).await {
+        Ok(outcome) => outcome,
+        // Dropping the upload cleaned its partial data and killed the image if it was saving;
+        // an import still waiting for the remote leaves the image queued.
+        Err(_) => upload::kill(&state.registry, &id, ImageStatus::Queued)
             .await
-            .map(|_| ()),
-        Err(e) => upload::kill(&state.registry, &id, ImageStatus::Queued)
-            .await
-            .and(Err(e)),
+            .and(Err(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!("the import took longer than {} s", limit.as_secs()),
+            ))),
     };
     match outcome {
         Ok(()) => tracing::info!(image = %id, "copy from external source finished"),
         Err(e) => tracing::warn!(image = %id, error = %e, "copy from external source failed"),
+    }
+}
+
+async fn copy(state: &AppState, id: &ImageId, url: &Url, store: Arc<dyn Store>) -> ApiResult<()> {
+    match state.remote.open(url).await {
+        Ok((body, len)) => upload::upload(state, id, store, body, len)
+            .await
+            .map(|_| ()),
+        Err(e) => upload::kill(&state.registry, id, ImageStatus::Queued)
+            .await
+            .and(Err(e)),
     }
 }

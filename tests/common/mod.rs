@@ -54,6 +54,10 @@ pub struct TestAppBuilder {
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
     sweep_min_age: Option<u64>,
+    client_idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    max_concurrent_imports: Option<usize>,
+    import_timeout: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -132,6 +136,19 @@ impl TestAppBuilder {
         self.sweep_min_age = Some(v);
         self
     }
+    pub fn client_idle_timeout(mut self, secs: u64) -> Self {
+        self.client_idle_timeout = Some(secs);
+        self
+    }
+    pub fn max_connections(mut self, v: usize) -> Self {
+        self.max_connections = Some(v);
+        self
+    }
+    pub fn imports(mut self, max_concurrent: usize, timeout_secs: u64) -> Self {
+        self.max_concurrent_imports = Some(max_concurrent);
+        self.import_timeout = Some(timeout_secs);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -181,6 +198,10 @@ impl TestAppBuilder {
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
             sweep_min_age: self.sweep_min_age,
+            client_idle_timeout: self.client_idle_timeout,
+            max_connections: self.max_connections,
+            max_concurrent_imports: self.max_concurrent_imports,
+            import_timeout: self.import_timeout,
             stores,
             ..ConfigFile::default()
         };
