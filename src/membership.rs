@@ -128,9 +128,9 @@ pub async fn apply(
     change: MemberChange,
 ) -> ApiResult<()> {
     match change {
-        MemberChange::Replace(wanted) => replace(state, &image, wanted).await,
-        MemberChange::Add(wanted) => add(state, caller, &image, wanted).await,
-        MemberChange::Remove(member) => remove(state, &image, member).await,
+        MemberChange::Replace(wanted) => replace(state, image, wanted).await,
+        MemberChange::Add(wanted) => add(state, caller, image, wanted).await,
+        MemberChange::Remove(member) => remove(state, image, member).await,
     }
 }
 
