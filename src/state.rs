@@ -12,6 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::protection::PropertyRules;
 use crate::registry::Registry;
 use crate::remote::RemoteClient;
+use crate::upload::Uploads;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -23,6 +24,8 @@ pub struct AppState {
     pub remote: RemoteClient,
     /// Permits for copy-from imports (`max_concurrent_imports`); waiters are served in order.
     pub imports: Arc<Semaphore>,
+    /// Uploads in flight, counted against the storage quota.
+    pub uploads: Arc<Uploads>,
 }
 
 impl AppState {
@@ -38,6 +41,7 @@ impl AppState {
             .context("config key `property_protection_file`")?;
         Ok(Self {
             imports: Arc::new(Semaphore::new(config.max_concurrent_imports)),
+            uploads: Arc::default(),
             config: Arc::new(config),
             property_rules: Arc::new(property_rules),
             registry,

@@ -62,8 +62,20 @@ impl Sources {
         self.location.is_some() || self.copy_from.is_some()
     }
 
-    /// The size of the first external source, when it reports one; a missing object is 404.
+    /// The size of the first external source, when it reports one; a missing object is 404,
+    /// one larger than `image_size_cap` 400.
     pub(super) async fn probe_size(&self, state: &AppState) -> ApiResult<Option<u64>> {
+        let size = self.reported_size(state).await?;
+        let cap = state.config.image_size_cap;
+        if size.is_some_and(|s| s > cap) {
+            return Err(ApiError::bad_request(format!(
+                "Denying attempt to upload image larger than {cap} bytes."
+            )));
+        }
+        Ok(size)
+    }
+
+    async fn reported_size(&self, state: &AppState) -> ApiResult<Option<u64>> {
         match (&self.location, &self.copy_from) {
             (Some(LocationSource::Remote(url)), _) | (None, Some(url)) => {
                 state.remote.probe_size(url).await
