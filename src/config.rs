@@ -66,6 +66,8 @@ pub struct ConfigFile {
     pub disk_formats: Option<Vec<String>>,
     pub container_formats: Option<Vec<String>>,
     pub remote_sources: Option<RemoteSources>,
+    /// The proxy remote sources are fetched through (`HTTP(S)_PROXY` are ignored).
+    pub remote_proxy: Option<String>,
     /// Seconds between sweeps of incomplete uploads and orphaned objects (0 = only at startup).
     pub sweep_interval: Option<u64>,
     /// Incomplete uploads younger than this many seconds are left alone by a sweep.
@@ -153,6 +155,7 @@ pub struct Config {
     pub disk_formats: Vec<String>,
     pub container_formats: Vec<String>,
     pub remote_sources: RemoteSources,
+    pub remote_proxy: Option<String>,
     pub sweep_interval: u64,
     pub sweep_min_age: u64,
     pub client_idle_timeout: Duration,
@@ -281,6 +284,7 @@ impl Config {
                 "container_formats",
             )?,
             remote_sources: file.remote_sources.unwrap_or(RemoteSources::Public),
+            remote_proxy: file.remote_proxy,
             sweep_interval: file.sweep_interval.unwrap_or(3600),
             sweep_min_age: file.sweep_min_age.unwrap_or(86_400),
             client_idle_timeout: Duration::from_secs(at_least_one(

@@ -46,8 +46,13 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         }
         stores.insert(store);
     }
-    let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
-    let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
+    let own_stores = stores.iter().cloned().collect();
+    let remote = RemoteClient::new(
+        config.remote_sources,
+        config.remote_proxy.as_deref(),
+        own_stores,
+    )
+    .context("config key `remote_proxy`")?;
     let state = AppState::new(config, registry, stores, remote).await?;
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {

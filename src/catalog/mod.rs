@@ -360,7 +360,7 @@ mod tests {
         };
         let config = Config::resolve(ConfigFile::default(), overrides).unwrap();
         let registry = Registry::open(&dir.join("registry")).unwrap();
-        let remote = RemoteClient::new(config.remote_sources, &[]).unwrap();
+        let remote = RemoteClient::new(config.remote_sources, None, vec![]).unwrap();
         AppState::new(config, registry, stores::Stores::new(), remote)
             .await
             .unwrap()

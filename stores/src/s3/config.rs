@@ -369,6 +369,28 @@ mod tests {
         assert_eq!(parsed.stores["file"].kind(), "file");
     }
 
+    #[tokio::test]
+    async fn endpoints_cover_both_addressing_styles() {
+        let name = StoreName::parse("s3").unwrap();
+        let store = S3Store::open(name.clone(), &config()).await.unwrap();
+        let e = store.endpoints();
+        assert!(e.contains(&"http://127.0.0.1:1".to_owned()), "{e:?}");
+        assert!(e.contains(&"http://images.127.0.0.1:1".to_owned()), "{e:?}");
+        let mut aws = S3StoreConfig::new("my-images");
+        aws.region = Some("eu-west-1".into());
+        let e = S3Store::open(name, &aws).await.unwrap().endpoints();
+        for want in [
+            "https://s3.amazonaws.com",
+            "https://my-images.s3.amazonaws.com",
+            "https://s3.eu-west-1.amazonaws.com",
+            "https://my-images.s3.eu-west-1.amazonaws.com",
+            "http://my-images.s3-eu-west-1.amazonaws.com",
+            "https://my-images.s3.dualstack.eu-west-1.amazonaws.com",
+        ] {
+            assert!(e.contains(&want.to_owned()), "{want} not in {e:?}");
+        }
+    }
+
     #[test]
     fn config_from_toml_keys() {
         let c: S3StoreConfig = serde_json::from_value(serde_json::json!({
