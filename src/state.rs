@@ -67,3 +67,20 @@ impl AppState {
             .ok_or_else(|| ApiError::bad_request(format!("Store for scheme {name} not found")))
     }
 }
+
+/// A state over `dir` with the default configuration and no store, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_state(dir: &std::path::Path) -> AppState {
+    use crate::config::{ConfigFile, Overrides};
+    let overrides = Overrides {
+        data_dir: Some(dir.to_owned()),
+        ..Overrides::default()
+    };
+    let mut config = Config::resolve(ConfigFile::default(), overrides).unwrap();
+    config.user_storage_quota = 1000;
+    let registry = Registry::open(&dir.join("registry")).unwrap();
+    let remote = RemoteClient::new(config.remote_sources, None, vec![]).unwrap();
+    AppState::new(config, registry, Stores::new(), remote)
+        .await
+        .unwrap()
+}

@@ -445,3 +445,55 @@ pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
     }
     Ok(recovered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_state;
+
+    async fn stored(state: &AppState, owner: &str, status: ImageStatus, size: u64) -> ImageId {
+        let mut record = ImageRecord::new(ImageId::random(), Timestamp::now());
+        record.owner = Some(owner.into());
+        record.status = status;
+        record.size = size;
+        state.registry.insert_new(record).await.unwrap().id
+    }
+
+    #[tokio::test]
+    async fn usage_sums_saturate_instead_of_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path()).await; // quota 1000 bytes
+                                                  // Two images of 2^63 bytes would wrap a plain sum to 0 and free the whole quota.
+        stored(&state, "t1", ImageStatus::Active, 1 << 63).await;
+        stored(&state, "t1", ImageStatus::Active, 1 << 63).await;
+        let new = ImageId::random();
+        assert_eq!(remaining_quota(&state, Some("t1"), &new).await.unwrap(), 0);
+        assert_eq!(
+            remaining_quota(&state, Some("t2"), &new).await.unwrap(),
+            1000
+        );
+    }
+
+    #[tokio::test]
+    async fn uploads_in_flight_count_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path()).await;
+        let (a, b) = (ImageId::random(), ImageId::random());
+        let declared = state.uploads.begin(&a, Some("t1".into()), 300);
+        let chunked = state.uploads.begin(&b, Some("t1".into()), 0);
+        chunked.sent.fetch_add(450, Ordering::Relaxed);
+        let other = ImageId::random();
+        assert_eq!(
+            remaining_quota(&state, Some("t1"), &other).await.unwrap(),
+            250
+        );
+        // An upload does not count against itself.
+        assert_eq!(remaining_quota(&state, Some("t1"), &a).await.unwrap(), 550);
+        drop(declared);
+        drop(chunked);
+        assert_eq!(
+            remaining_quota(&state, Some("t1"), &other).await.unwrap(),
+            1000
+        );
+    }
+}

@@ -349,29 +349,14 @@ pub async fn delete_data(state: &AppState, location: &StoredLocation) -> ApiResu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ConfigFile, Overrides};
-    use crate::registry::Registry;
-    use crate::remote::RemoteClient;
-
-    async fn state(dir: &std::path::Path) -> AppState {
-        let overrides = Overrides {
-            data_dir: Some(dir.to_owned()),
-            ..Overrides::default()
-        };
-        let config = Config::resolve(ConfigFile::default(), overrides).unwrap();
-        let registry = Registry::open(&dir.join("registry")).unwrap();
-        let remote = RemoteClient::new(config.remote_sources, None, vec![]).unwrap();
-        AppState::new(config, registry, stores::Stores::new(), remote)
-            .await
-            .unwrap()
-    }
+    use crate::state::test_state;
 
     /// The check runs inside the atomic update, on the record as it is then: an image an upload
     /// activated after the request's first check is protected all the same.
     #[tokio::test]
     async fn size_and_checksum_of_an_active_image_are_checked_in_the_update() {
         let dir = tempfile::tempdir().unwrap();
-        let state = state(dir.path()).await;
+        let state = test_state(dir.path()).await;
         let mut record = ImageRecord::new(ImageId::random(), Timestamp::now());
         record.owner = Some("t1".into());
         record.status = ImageStatus::Active;
