@@ -277,6 +277,9 @@ async fn proxy_variables_of_the_environment_are_ignored() {
         .env("ALL_PROXY", "http://127.0.0.1:9")
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -301,8 +304,30 @@ async fn proxy_variables_of_the_environment_are_ignored() {
         .unwrap();
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
-    let _ = child.kill().await;
+    // A source that cannot be reached is logged by host, never with its URL's path or query.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (code, _) = send(
+        client
+            .post(format!("{base}/v1/images"))
+            .header("x-image-meta-disk_format", "raw")
+            .header("x-image-meta-container_format", "bare")
+            .header(
+                "x-image-meta-location",
+                format!("http://127.0.0.1:{closed}/img?token=hunter2"),
+            ),
+    )
+    .await;
+    let _ = child.start_kill();
+    let output = child.wait_with_output().await.unwrap();
     assert_eq!(status, 201, "{body}");
     let image: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(image["image"]["size"], SIZE);
+    assert_eq!(code, 400);
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("remote source unreachable"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
 }
