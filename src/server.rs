@@ -15,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use stores::{StoreConfig, Stores};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -60,8 +61,13 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         }
         stores.insert(store);
     }
-    let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
-    let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
+    let own_stores = stores.iter().cloned().collect();
+    let remote = RemoteClient::new(
+        config.remote_sources,
+        config.remote_proxy.as_deref(),
+        own_stores,
+    )
+    .context("config key `remote_proxy`")?;
     let state = AppState::new(config, registry, stores, remote, metrics).await?;
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {
@@ -188,7 +194,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let maintenance = tokio::spawn(maintenance::run(state.clone()));
     let grace = Duration::from_secs(state.config.shutdown_timeout);
-    serve_router(listener, router(state), shutdown, grace).await;
+    let limit = state.config.max_connections;
+    serve_router(listener, router(state), shutdown, grace, limit).await;
     maintenance.abort();
     Ok(())
 }
@@ -200,8 +207,18 @@ pub async fn serve_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let grace = Duration::from_secs(state.config.shutdown_timeout);
-    serve_router(listener, admin::router(state), shutdown, grace).await;
+    serve_router(
+        listener,
+        admin::router(state),
+        shutdown,
+        grace,
+        ADMIN_CONNECTIONS,
+    )
+    .await;
 }
+
+/// Open connections at most on the admin listener (scrapers and operators).
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// Accepts connections until `shutdown`; then closes idle connections, lets requests in flight
 /// finish for up to `grace`, and drops whatever is left (an upload cut this way is killed by its
@@ -211,11 +228,22 @@ async fn serve_router(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    max_connections: usize,
 ) {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    // One permit per open connection: at the limit the gateway stops accepting, and new
+    // connections wait in the listen backlog.
+    let limit = Arc::new(Semaphore::new(max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&limit).acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -231,7 +259,10 @@ async fn serve_router(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let mut builder = hyper::server::conn::http1::Builder::new();
+        // Glance's header spelling (`X-Image-Meta-Disk_format`, `Etag`): some clients compare
+        // names case-sensitively.
         builder
+            .title_case_headers(true)
             .max_headers(MAX_HEADERS)
             .header_read_timeout(Duration::from_secs(60))
             .timer(hyper_util::rt::TokioTimer::new());
@@ -240,6 +271,7 @@ async fn serve_router(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -10,8 +10,9 @@ mod observe;
 mod range;
 pub mod views;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,6 +20,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -331,9 +333,25 @@ async fn serve_v1(
         headers: parts.headers,
         query: parts.uri.query().map(str::to_owned),
     };
+    let idle = Arc::new(AtomicBool::new(false));
+    let body = cut_when_idle(
+        body,
+        ctx.state.config.client_idle_timeout,
+        Arc::clone(&idle),
+    );
     let mut response = route(ctx, endpoint, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    if idle.load(Ordering::Relaxed) {
+        // Whatever the handler made of its failed body, the client gets 408 and the connection
+        // is closed: the rest of the body is never read.
+        response = ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body sent nothing for too long.",
+        )
+        .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+        .into_response();
+    }
     if let Ok(v) = HeaderValue::from_str(req_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), v);
     }
@@ -347,6 +365,31 @@ async fn serve_v1(
             .map(str::to_owned);
     }
     response
+}
+
+/// A request body that fails once no byte has come for `idle`; `fired` records that it did.
+fn cut_when_idle(body: Body, idle: Duration, fired: Arc<AtomicBool>) -> Body {
+    let frames = body.into_data_stream();
+    let stream = futures::stream::unfold(Some(frames), move |frames| {
+        let fired = Arc::clone(&fired);
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(frames))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    fired.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body sent nothing for too long",
+                    );
+                    Some((Err(e), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// HEAD responses carry headers only (errors included).
