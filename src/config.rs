@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -39,6 +40,44 @@ pub enum PublicizeImage {
     Anyone,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The bearer token the admin listener requires. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Reads the token from `path`; a trailing newline is not part of it.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let token = text.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            bail!("{} holds no token", path.display());
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(******)")
+    }
+}
+
 /// The file as written; `None` means "not set".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,10 +108,31 @@ pub struct ConfigFile {
     pub disk_formats: Option<Vec<String>>,
     pub container_formats: Option<Vec<String>>,
     pub remote_sources: Option<RemoteSources>,
+    /// The proxy remote sources are fetched through (`HTTP(S)_PROXY` are ignored).
+    pub remote_proxy: Option<String>,
     /// Seconds between sweeps of incomplete uploads and orphaned objects (0 = only at startup).
     pub sweep_interval: Option<u64>,
     /// Incomplete uploads younger than this many seconds are left alone by a sweep.
     pub sweep_min_age: Option<u64>,
+    /// While this file exists, `/healthcheck` answers 503 (drains the node from a balancer).
+    pub healthcheck_disable_file: Option<PathBuf>,
+    /// The admin listener (metrics, operations); never the API address.
+    pub admin_bind: Option<String>,
+    /// When set, the admin listener requires `Authorization: Bearer <the file's content>`.
+    pub admin_token_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are cut.
+    pub shutdown_timeout: Option<u64>,
+    /// Seconds between store health probes (the `store_up` metric).
+    pub store_probe_interval: Option<u64>,
+    /// Seconds a request body may send nothing before it is cut.
+    pub client_idle_timeout: Option<u64>,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: Option<usize>,
+    /// Copy-from imports running at once; more wait in order.
+    pub max_concurrent_imports: Option<usize>,
+    /// Seconds a copy-from import may take before it is killed.
+    pub import_timeout: Option<u64>,
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
 }
@@ -129,6 +189,7 @@ pub fn parse_quota(s: &str) -> anyhow::Result<u64> {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub bind: Option<String>,
+    pub admin_bind: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub auth: Option<AuthMode>,
 }
@@ -160,8 +221,19 @@ pub struct Config {
     pub disk_formats: Vec<String>,
     pub container_formats: Vec<String>,
     pub remote_sources: RemoteSources,
+    pub remote_proxy: Option<String>,
     pub sweep_interval: u64,
     pub sweep_min_age: u64,
+    pub healthcheck_disable_file: Option<PathBuf>,
+    pub admin_bind: SocketAddr,
+    pub admin_token: Option<AdminToken>,
+    pub log_format: LogFormat,
+    pub shutdown_timeout: u64,
+    pub store_probe_interval: u64,
+    pub client_idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_imports: usize,
+    pub import_timeout: Duration,
     pub stores: BTreeMap<StoreName, StoreConfig>,
 }
 
@@ -194,6 +266,24 @@ impl Config {
         let bind: SocketAddr = bind_text
             .parse()
             .with_context(|| format!("config key `bind`: {bind_text:?} is not an address:port"))?;
+        let admin_text = overrides
+            .admin_bind
+            .or(file.admin_bind)
+            .unwrap_or_else(|| "127.0.0.1:9293".to_owned());
+        let admin_bind: SocketAddr = admin_text.parse().with_context(|| {
+            format!("config key `admin_bind`: {admin_text:?} is not an address:port")
+        })?;
+        if same_port(bind, admin_bind) {
+            bail!(
+                "config key `admin_bind`: {admin_bind} overlaps the API address {bind}; the admin listener needs its own port"
+            );
+        }
+        let admin_token = file
+            .admin_token_file
+            .as_deref()
+            .map(AdminToken::read)
+            .transpose()
+            .context("config key `admin_token_file`")?;
         let data_dir = overrides
             .data_dir
             .or(file.data_dir)
@@ -298,10 +388,53 @@ impl Config {
                 "container_formats",
             )?,
             remote_sources: file.remote_sources.unwrap_or(RemoteSources::Public),
+            remote_proxy: file.remote_proxy,
             sweep_interval: file.sweep_interval.unwrap_or(3600),
             sweep_min_age: file.sweep_min_age.unwrap_or(86_400),
+            healthcheck_disable_file: file.healthcheck_disable_file,
+            admin_bind,
+            admin_token,
+            log_format: file.log_format.unwrap_or_default(),
+            shutdown_timeout: file.shutdown_timeout.unwrap_or(30),
+            store_probe_interval: file.store_probe_interval.unwrap_or(30).max(1),
+            client_idle_timeout: Duration::from_secs(at_least_one(
+                file.client_idle_timeout,
+                60,
+                "client_idle_timeout",
+            )?),
+            max_connections: at_least_one(file.max_connections, 1024, "max_connections")?,
+            max_concurrent_imports: at_least_one(
+                file.max_concurrent_imports,
+                8,
+                "max_concurrent_imports",
+            )?,
+            import_timeout: Duration::from_secs(at_least_one(
+                file.import_timeout,
+                3600,
+                "import_timeout",
+            )?),
             stores,
         })
+    }
+}
+
+/// Whether two listen addresses would take the same port (port 0 picks a free one each time).
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// A limit that must be positive: its value, or the default when unset.
+fn at_least_one<T: PartialOrd + From<u8>>(
+    value: Option<T>,
+    default: T,
+    key: &str,
+) -> anyhow::Result<T> {
+    match value {
+        Some(v) if v < T::from(1) => bail!("config key `{key}`: must be at least 1"),
+        Some(v) => Ok(v),
+        None => Ok(default),
     }
 }
 
@@ -324,6 +457,12 @@ mod tests {
         assert_eq!(c.registry.cache_mb, 64);
         assert_eq!(c.limit_param_default, 25);
         assert_eq!(c.image_size_cap, 1 << 40);
+        assert_eq!(c.client_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.max_concurrent_imports, 8);
+        assert_eq!(c.import_timeout, Duration::from_secs(3600));
+        assert!(resolve("max_connections = 0").is_err());
+        assert!(resolve("client_idle_timeout = 0").is_err());
     }
 
     #[test]
@@ -362,6 +501,35 @@ mod tests {
         assert!(err.contains("kind"), "{err}");
         let err = format!("{:#}", resolve("[registry]\ncache_mb = 0").unwrap_err());
         assert!(err.contains("cache_mb"), "{err}");
+    }
+
+    #[test]
+    fn admin_listener_never_shares_the_api_port() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.admin_bind.to_string(), "127.0.0.1:9293");
+        for clash in [
+            "admin_bind = \"127.0.0.1:9292\"",
+            "admin_bind = \"0.0.0.0:9292\"",
+            "bind = \"0.0.0.0:9000\"\nadmin_bind = \"127.0.0.1:9000\"",
+        ] {
+            let err = format!("{:#}", resolve(clash).unwrap_err());
+            assert!(err.contains("admin_bind"), "{clash}: {err}");
+        }
+        assert!(resolve("bind = \"127.0.0.1:0\"\nadmin_bind = \"127.0.0.1:0\"").is_ok());
+        assert!(resolve("admin_bind = \"127.0.0.2:9292\"").is_ok());
+    }
+
+    #[test]
+    fn admin_token_ignores_the_trailing_newline_and_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let c = resolve(&format!("admin_token_file = {:?}", path)).unwrap();
+        let token = c.admin_token.unwrap();
+        assert_eq!(token.as_bytes(), b"s3cret");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(resolve(&format!("admin_token_file = {:?}", path)).is_err());
     }
 
     #[test]

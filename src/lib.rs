@@ -2,13 +2,16 @@
 //! stores.
 
 pub mod access;
+pub mod admin;
 pub mod catalog;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod listing;
 pub mod maintenance;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod protection;
 pub mod registry;
@@ -18,4 +21,4 @@ pub mod state;
 pub mod upload;
 
 pub use http::router;
-pub use server::{open_state, serve};
+pub use server::{open_state, serve, serve_admin};

@@ -1,15 +1,25 @@
-//! The `glance-gateway` binary: configuration → tracing → state → serve. Nothing else.
+//! The `glance-gateway` binary: `serve` (configuration → logging → state → serve), and the
+//! operator's `check-config` and `healthcheck`. Nothing else.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use glance_gateway::config::{AuthMode, Config, Overrides};
+use glance_gateway::checks;
+use glance_gateway::config::{AuthMode, Config, LogFormat, Overrides};
 use tracing_subscriber::EnvFilter;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GLANCE_GATEWAY_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = VERSION,
     about = "OpenStack Glance v1 image API over file, S3 and Swift stores"
 )]
 struct Cli {
@@ -19,47 +29,72 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API.
+    /// Serve the API (and the admin listener).
     Serve {
         /// TOML configuration file.
-        #[arg(long)]
+        #[arg(long, env = "GLANCE_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
         /// Address to listen on (default 127.0.0.1:9292).
         #[arg(long)]
         bind: Option<String>,
+        /// Address of the admin listener: metrics, operations (default 127.0.0.1:9293).
+        #[arg(long)]
+        admin_bind: Option<String>,
         /// Directory for the registry and the default file store (default ./data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// How callers are identified.
         #[arg(long, value_enum)]
         auth: Option<AuthMode>,
+        /// Log lines as text (default) or one JSON object per line.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate the configuration and probe every store; exit 1 if anything fails.
+    CheckConfig {
+        /// TOML configuration file.
+        #[arg(long, env = "GLANCE_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Ask the running gateway's /healthcheck; exit 0 only on 200 (for container health checks).
+    Healthcheck {
+        /// The configuration whose `bind` to ask.
+        #[arg(long, env = "GLANCE_GATEWAY_CONFIG", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// The health check URL (default http://127.0.0.1:9292/healthcheck).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let Command::Serve {
-        config,
-        bind,
-        data_dir,
-        auth,
-    } = Cli::parse().command;
-    match run(
-        config,
-        Overrides {
+    let result = match Cli::parse().command {
+        Command::Serve {
+            config,
             bind,
+            admin_bind,
             data_dir,
             auth,
-        },
-    )
-    .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
+            log_format,
+        } => {
+            serve(
+                config,
+                Overrides {
+                    bind,
+                    admin_bind,
+                    data_dir,
+                    auth,
+                },
+                log_format,
+            )
+            .await
+        }
+        Command::CheckConfig { config } => check_config(config).await,
+        Command::Healthcheck { config, url } => healthcheck(config, url).await,
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("glance-gateway: {e:#}");
             ExitCode::FAILURE
@@ -67,19 +102,68 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
-    let config =
-        tokio::task::spawn_blocking(move || Config::load(config_path.as_deref(), overrides))
-            .await??;
-    let bind = config.bind;
-    let state = glance_gateway::open_state(config).await?;
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-    tracing::info!(%bind, "glance-gateway listening");
-    glance_gateway::serve(listener, state, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+async fn load(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<Config> {
+    tokio::task::spawn_blocking(move || Config::load(path.as_deref(), overrides)).await?
+}
+
+async fn serve(
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<ExitCode> {
+    let config = load(path.clone(), overrides).await?;
+    init_logging(log_format.unwrap_or(config.log_format));
+    glance_gateway::server::run(config, path.as_deref(), shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr: text (coloured only on a terminal) or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// SIGTERM (docker stop, Kubernetes) or SIGINT (Ctrl-C). Handlers are installed, so this also
+/// works as PID 1, where unhandled signals are ignored.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}
+
+async fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let findings = checks::check_config(path.as_deref()).await;
+    for finding in &findings {
+        println!("{finding}");
+    }
+    Ok(if findings.iter().any(checks::Finding::failed) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
-    .await
+}
+
+async fn healthcheck(path: Option<PathBuf>, url: Option<String>) -> anyhow::Result<ExitCode> {
+    let url = match url {
+        Some(url) => url,
+        None => checks::healthcheck_url(&load(path, Overrides::default()).await?),
+    };
+    checks::healthcheck(&url).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,10 +11,14 @@ mod create;
 mod failures;
 #[path = "api/identity.rs"]
 mod identity;
+#[path = "api/limits.rs"]
+mod limits;
 #[path = "api/listing.rs"]
 mod listing;
 #[path = "api/members.rs"]
 mod members;
+#[path = "api/ops.rs"]
+mod ops;
 #[path = "api/protection.rs"]
 mod protection;
 #[path = "api/quotas.rs"]
@@ -31,3 +35,5 @@ mod swift;
 mod update_delete;
 #[path = "api/versions.rs"]
 mod versions;
+#[path = "api/wire.rs"]
+mod wire;

@@ -1,23 +1,30 @@
-//! The HTTP surface: version negotiation, the one route table, identity and request ids.
-//! Handlers live in `images` and `members`; they know no store backend.
+//! The HTTP surface: the health check, version negotiation, the one route table, identity,
+//! request ids and request accounting. Handlers live in `images` and `members`; they know no
+//! store backend.
 
 pub mod image_meta;
 mod images;
 pub mod list_query;
 mod members;
+mod observe;
 mod range;
 pub mod views;
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use serde_json::json;
 use tracing::Instrument;
 
+use self::observe::Access;
 use crate::access::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -30,6 +37,9 @@ const V1_NAMES: &[&str] = &["v1", "v1.0", "v1.1"];
 pub fn router(state: AppState) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
+
+/// The path Glance's healthcheck middleware answers, before version negotiation and identity.
+const HEALTHCHECK: &str = "/healthcheck";
 
 /// Where the version filter sends a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,6 +113,29 @@ enum Endpoint {
     Unknown,
 }
 
+impl Endpoint {
+    /// The route template, the `route` label of the HTTP metrics.
+    fn template(&self) -> &'static str {
+        match self {
+            Self::Root => "/v1/",
+            Self::Images => "/v1/images",
+            Self::Detail => "/v1/images/detail",
+            Self::Image(_) => "/v1/images/{id}",
+            Self::Members(_) => "/v1/images/{id}/members",
+            Self::Member(..) => "/v1/images/{id}/members/{member}",
+            Self::SharedImages(_) => "/v1/shared-images/{member}",
+            Self::Unknown => "/v1/unknown",
+        }
+    }
+
+    fn image_id(&self) -> Option<&str> {
+        match self {
+            Self::Image(id) | Self::Members(id) | Self::Member(id, _) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 fn decode_segment(s: &str) -> Option<String> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
@@ -145,9 +178,47 @@ pub(crate) struct Ctx {
 /// Requests with more header bytes than this answer 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Every request: accounted for (access line, metrics) when its response body ends, and every
+/// line logged while it is served carries its request id.
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
-    let header_bytes: usize = request
-        .headers()
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let (body, bytes_in) = observe::count_request_body(body);
+    let req_id = request_id(&parts.headers);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %req_id.as_deref().map_or_else(|_| new_request_id(), str::to_owned)
+    );
+    let mut access = Access {
+        started,
+        method: parts.method.clone(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        route: "other",
+        tenant: None,
+        image: None,
+        bytes_in,
+        span: span.clone(),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let is_head = parts.method == Method::HEAD;
+    let response = answer(state, parts, body, req_id, &mut access)
+        .instrument(span)
+        .await;
+    observe::account(strip_head_body(response, is_head), access)
+}
+
+async fn answer(
+    state: AppState,
+    parts: Parts,
+    body: Body,
+    req_id: ApiResult<String>,
+    access: &mut Access,
+) -> Response {
+    let header_bytes: usize = parts
+        .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
@@ -158,27 +229,67 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         )
         .into_response();
     }
-    let accept = request
-        .headers()
+    let path = parts.uri.path().to_owned();
+    if path == HEALTHCHECK {
+        access.route = HEALTHCHECK;
+        return healthcheck(&state, &parts.method).await;
+    }
+    let accept = parts
+        .headers
         .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .map(str::to_owned);
-    let path = request.uri().path().to_owned();
-    match negotiate(&path, accept.as_deref()) {
-        Version::Document => version_document(&state, request.headers(), StatusCode::OK),
+        .and_then(|a| a.to_str().ok());
+    match negotiate(&path, accept) {
+        Version::Document => {
+            access.route = "/versions";
+            version_document(&state, &parts.headers, StatusCode::OK)
+        }
         Version::MultipleChoices => {
-            version_document(&state, request.headers(), StatusCode::MULTIPLE_CHOICES)
+            version_document(&state, &parts.headers, StatusCode::MULTIPLE_CHOICES)
         }
         Version::V1(rest) => {
             let rest = rest.to_owned();
-            serve_v1(state, request, &rest).await
+            let response = match req_id {
+                Ok(req_id) => serve_v1(state, parts, body, &rest, &req_id, access).await,
+                Err(e) => e.into_response(),
+            };
+            if access.route == "other" {
+                access.route = endpoint(&rest).template();
+            }
+            response
         }
     }
 }
 
+/// `GET`/`HEAD /healthcheck` as Glance's healthcheck middleware answers it: `OK`, or 503
+/// `DISABLED BY FILE` while `healthcheck_disable_file` exists.
+async fn healthcheck(state: &AppState, method: &Method) -> Response {
+    if *method != Method::GET && *method != Method::HEAD {
+        return ApiError::method_not_allowed("GET, HEAD").into_response();
+    }
+    let disabled = match &state.config.healthcheck_disable_file {
+        Some(file) => tokio::fs::try_exists(file).await.unwrap_or(false),
+        None => false,
+    };
+    let (status, text) = if disabled {
+        (StatusCode::SERVICE_UNAVAILABLE, "DISABLED BY FILE")
+    } else {
+        (StatusCode::OK, "OK")
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        text,
+    )
+        .into_response()
+}
+
+fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4())
+}
+
 fn request_id(headers: &HeaderMap) -> ApiResult<String> {
     match headers.get(&REQUEST_ID) {
-        None => Ok(format!("req-{}", uuid::Uuid::new_v4())),
+        None => Ok(new_request_id()),
         Some(v) => {
             let text = v
                 .to_str()
@@ -198,42 +309,87 @@ fn request_id(headers: &HeaderMap) -> ApiResult<String> {
     }
 }
 
-async fn serve_v1(state: AppState, request: Request, path: &str) -> Response {
-    let (parts, body) = request.into_parts();
-    let is_head = parts.method == Method::HEAD;
+async fn serve_v1(
+    state: AppState,
+    parts: Parts,
+    body: Body,
+    path: &str,
+    req_id: &str,
+    access: &mut Access,
+) -> Response {
+    // A caller refused by identity gets no request id, as behind Glance's auth middleware.
     let caller = match Caller::identify(&parts.headers, &state.config) {
         Ok(c) => c,
-        Err(e) => return strip_head_body(e.into_response(), is_head),
+        Err(e) => return e.into_response(),
     };
-    let req_id = match request_id(&parts.headers) {
-        Ok(id) => id,
-        Err(e) => return strip_head_body(e.into_response(), is_head),
-    };
-    let span = tracing::info_span!("request", id = %req_id, method = %parts.method, path = %path);
-    let started = Instant::now();
+    access.tenant = caller.tenant.clone();
+    let endpoint = endpoint(path);
+    access.route = endpoint.template();
+    access.image = endpoint.image_id().map(str::to_owned);
     let ctx = Ctx {
         state,
         caller,
-        method: parts.method.clone(),
+        method: parts.method,
         headers: parts.headers,
         query: parts.uri.query().map(str::to_owned),
     };
-    let endpoint = endpoint(path);
+    let idle = Arc::new(AtomicBool::new(false));
+    let body = cut_when_idle(
+        body,
+        ctx.state.config.client_idle_timeout,
+        Arc::clone(&idle),
+    );
     let mut response = route(ctx, endpoint, body)
-        .instrument(span.clone())
         .await
         .unwrap_or_else(IntoResponse::into_response);
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "served"
+    if idle.load(Ordering::Relaxed) {
+        // Whatever the handler made of its failed body, the client gets 408 and the connection
+        // is closed: the rest of the body is never read.
+        response = ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body sent nothing for too long.",
         )
-    });
-    if let Ok(v) = HeaderValue::from_str(&req_id) {
+        .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+        .into_response();
+    }
+    if let Ok(v) = HeaderValue::from_str(req_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), v);
     }
-    strip_head_body(response, is_head)
+    if access.image.is_none() {
+        // A created image's id is known only from the answer.
+        access.image = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.rsplit('/').next())
+            .map(str::to_owned);
+    }
+    response
+}
+
+/// A request body that fails once no byte has come for `idle`; `fired` records that it did.
+fn cut_when_idle(body: Body, idle: Duration, fired: Arc<AtomicBool>) -> Body {
+    let frames = body.into_data_stream();
+    let stream = futures::stream::unfold(Some(frames), move |frames| {
+        let fired = Arc::clone(&fired);
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(frames))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    fired.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body sent nothing for too long",
+                    );
+                    Some((Err(e), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// HEAD responses carry headers only (errors included).

@@ -26,6 +26,8 @@ pub enum RegistryError {
     NotFound,
     #[error("an image with identifier {0} already exists")]
     Conflict(ImageId),
+    #[error("the registry is in use by another process")]
+    InUse,
     #[error("registry storage failed: {0}")]
     Storage(String),
     #[error("corrupt registry record: {0}")]
@@ -122,8 +124,8 @@ pub const WALKED_STATES: [ImageStatus; 2] = [ImageStatus::Saving, ImageStatus::P
 ///   not the number of images.
 /// * [`shared_with`](Self::shared_with) returns the images with a membership naming `member`.
 /// * [`usage`](Self::usage) is the total `size` of the owner's images that hold data (status not
-///   `killed`, `deleted` or `pending_delete`), read in constant time; `None` is images without
-///   an owner.
+///   `saving`, `killed`, `deleted` or `pending_delete`; uploads in flight are counted by the
+///   gateway), read in constant time; `None` is images without an owner.
 /// * [`status_counts`](Self::status_counts) counts every image ever stored, for every status
 ///   (zeros included, in declaration order), in constant time.
 /// * [`in_state`](Self::in_state) walks the images in one of [`WALKED_STATES`] by id, after
@@ -148,6 +150,9 @@ pub trait RegistryEngine: Send + Sync + fmt::Debug + 'static {
     async fn usage(&self, owner: Option<&str>) -> Result<u64, RegistryError>;
 
     async fn status_counts(&self) -> Result<Vec<(ImageStatus, u64)>, RegistryError>;
+
+    /// Writes everything to stable storage (at shutdown; every change is durable already).
+    async fn flush(&self) -> Result<(), RegistryError>;
 
     async fn in_state(
         &self,
@@ -250,6 +255,11 @@ impl Registry {
 
     pub async fn usage(&self, owner: Option<&str>) -> Result<u64, RegistryError> {
         self.engine.usage(owner).await
+    }
+
+    /// Writes everything to disk (at shutdown; each change is flushed already).
+    pub async fn flush(&self) -> Result<(), RegistryError> {
+        self.engine.flush().await
     }
 
     pub async fn status_counts(&self) -> Result<Vec<(ImageStatus, u64)>, RegistryError> {

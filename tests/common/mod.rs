@@ -54,6 +54,12 @@ pub struct TestAppBuilder {
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
     sweep_min_age: Option<u64>,
+    healthcheck_disable_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    client_idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    max_concurrent_imports: Option<usize>,
+    import_timeout: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -132,6 +138,27 @@ impl TestAppBuilder {
         self.sweep_min_age = Some(v);
         self
     }
+    pub fn healthcheck_disable_file(mut self, path: &Path) -> Self {
+        self.healthcheck_disable_file = Some(path.to_owned());
+        self
+    }
+    pub fn admin_token_file(mut self, path: &Path) -> Self {
+        self.admin_token_file = Some(path.to_owned());
+        self
+    }
+    pub fn client_idle_timeout(mut self, secs: u64) -> Self {
+        self.client_idle_timeout = Some(secs);
+        self
+    }
+    pub fn max_connections(mut self, v: usize) -> Self {
+        self.max_connections = Some(v);
+        self
+    }
+    pub fn imports(mut self, max_concurrent: usize, timeout_secs: u64) -> Self {
+        self.max_concurrent_imports = Some(max_concurrent);
+        self.import_timeout = Some(timeout_secs);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -181,6 +208,12 @@ impl TestAppBuilder {
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
             sweep_min_age: self.sweep_min_age,
+            healthcheck_disable_file: self.healthcheck_disable_file.clone(),
+            admin_token_file: self.admin_token_file.clone(),
+            client_idle_timeout: self.client_idle_timeout,
+            max_connections: self.max_connections,
+            max_concurrent_imports: self.max_concurrent_imports,
+            import_timeout: self.import_timeout,
             stores,
             ..ConfigFile::default()
         };
@@ -188,6 +221,7 @@ impl TestAppBuilder {
             file,
             Overrides {
                 bind: Some("127.0.0.1:0".to_owned()),
+                admin_bind: Some("127.0.0.1:0".to_owned()),
                 data_dir: Some(data_dir.to_owned()),
                 auth: None,
             },
@@ -220,6 +254,18 @@ impl TestAppBuilder {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let admin_addr = admin_listener.local_addr().expect("local addr");
+        let (admin_tx, admin_rx) = oneshot::channel::<()>();
+        tokio::spawn(glance_gateway::serve_admin(
+            admin_listener,
+            state.clone(),
+            async {
+                let _ = admin_rx.await;
+            },
+        ));
         let (tx, rx) = oneshot::channel::<()>();
         let served = state.clone();
         let task = tokio::spawn(async move {
@@ -228,6 +274,7 @@ impl TestAppBuilder {
             })
             .await
             .expect("serve");
+            let _ = admin_tx.send(());
         });
         // No idle connections: a restarted gateway must not find the old one still holding state.
         let client = Client::builder()
@@ -237,6 +284,7 @@ impl TestAppBuilder {
             .expect("client");
         TestApp {
             base: format!("http://{addr}"),
+            admin_base: format!("http://{admin_addr}"),
             addr,
             client,
             dir,
@@ -250,6 +298,8 @@ impl TestAppBuilder {
 
 pub struct TestApp {
     pub base: String,
+    /// The admin listener (metrics, operations).
+    pub admin_base: String,
     pub addr: SocketAddr,
     pub client: Client,
     pub dir: Arc<TempDir>,
@@ -472,7 +522,10 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
 pub struct RawResponse {
     /// 0 when the server sent nothing.
     pub status: u16,
+    /// Names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// Names exactly as they came on the wire.
+    pub wire_names: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -488,8 +541,10 @@ impl RawResponse {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
+        let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+        let wire_names = fields.iter().map(|(n, _)| n.trim().to_owned()).collect();
+        let headers: Vec<(String, String)> = fields
+            .iter()
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let mut body = buf[end + 4..].to_vec();
@@ -502,6 +557,7 @@ impl RawResponse {
         Self {
             status,
             headers,
+            wire_names,
             body,
         }
     }

@@ -83,8 +83,9 @@ trap cleanup EXIT
 
 port="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 endpoint="http://127.0.0.1:$port/"
+# The admin listener on a free port too, so runs side by side do not collide on 9293.
 RUST_LOG="${RUST_LOG:-warn}" "$GATEWAY_BIN" serve --bind "127.0.0.1:$port" \
-    --data-dir "$data_dir/data" --auth noauth >"$log" 2>&1 &
+    --admin-bind 127.0.0.1:0 --data-dir "$data_dir/data" --auth noauth >"$log" 2>&1 &
 gateway_pid=$!
 
 ready=""

@@ -40,7 +40,14 @@ const SCHEMA_VERSION: &[u8] = b"2";
 
 impl From<sled::Error> for RegistryError {
     fn from(e: sled::Error) -> Self {
-        Self::Storage(e.to_string())
+        match e {
+            // sled locks its files exclusively and reports a held lock only in this message:
+            // another process (a running gateway) has the registry open.
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                Self::InUse
+            }
+            e => Self::Storage(e.to_string()),
+        }
     }
 }
 
@@ -158,7 +165,10 @@ fn usage_of(s: &StoredImage) -> u64 {
     let r = &s.record;
     if matches!(
         r.status,
-        ImageStatus::Killed | ImageStatus::Deleted | ImageStatus::PendingDelete
+        ImageStatus::Killed
+            | ImageStatus::Deleted
+            | ImageStatus::PendingDelete
+            | ImageStatus::Saving
     ) {
         0
     } else {
@@ -616,6 +626,11 @@ impl RegistryEngine for SledRegistry {
             Ok(out)
         })
         .await
+    }
+
+    async fn flush(&self) -> Result<(), RegistryError> {
+        self.run(|t| t.db.flush().map(drop).map_err(RegistryError::from))
+            .await
     }
 
     async fn in_state(
