@@ -37,6 +37,16 @@ pub enum PublicizeImage {
     Anyone,
 }
 
+/// What a sweep does with complete objects no image points to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SweepOrphans {
+    /// Report them in the log (the default): an unknown object may be another gateway's.
+    Log,
+    /// Remove them (only image-id keys, only in namespaces this registry owns).
+    Delete,
+}
+
 /// The file as written; `None` means "not set".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +79,8 @@ pub struct ConfigFile {
     pub sweep_interval: Option<u64>,
     /// Incomplete uploads younger than this many seconds are left alone by a sweep.
     pub sweep_min_age: Option<u64>,
+    /// `"log"` (default) or `"delete"` objects no image points to.
+    pub sweep_orphans: Option<SweepOrphans>,
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
 }
@@ -146,6 +158,7 @@ pub struct Config {
     pub remote_sources: RemoteSources,
     pub sweep_interval: u64,
     pub sweep_min_age: u64,
+    pub sweep_orphans: SweepOrphans,
     pub stores: BTreeMap<StoreName, StoreConfig>,
 }
 
@@ -198,6 +211,7 @@ impl Config {
                 StoreName::parse("file").expect("valid name"),
                 StoreConfig::File(stores::file::FileStoreConfig {
                     root: data_dir.join("images"),
+                    adopt: false,
                 }),
             );
         }
@@ -270,6 +284,7 @@ impl Config {
             remote_sources: file.remote_sources.unwrap_or(RemoteSources::Public),
             sweep_interval: file.sweep_interval.unwrap_or(3600),
             sweep_min_age: file.sweep_min_age.unwrap_or(86_400),
+            sweep_orphans: file.sweep_orphans.unwrap_or(SweepOrphans::Log),
             stores,
         })
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use stores::Stores;
+use stores::ownership::Claim;
+use stores::{Store, Stores};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -44,6 +45,17 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         }
         stores.insert(store);
     }
+    if let Some((a, b, namespace)) = stores::ownership::first_overlap(stores.iter().map(|s| &**s)) {
+        anyhow::bail!(
+            "config keys `stores.{a}` and `stores.{b}`: the two stores share {namespace}; each \
+             store needs a namespace of its own (a root, bucket + prefix or container no other \
+             store's lies in)"
+        );
+    }
+    for store in stores.iter() {
+        let adopt = config.stores.get(store.name()).is_some_and(|c| c.adopt());
+        claim(&**store, registry.id(), adopt).await?;
+    }
     let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
     let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
     let state = AppState::new(config, registry, stores, remote).await?;
@@ -55,6 +67,32 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         );
     }
     Ok(state)
+}
+
+/// Makes sure this registry owns the store's namespace (see [`stores::ownership`]): refuses a
+/// namespace another registry owns unless `adopt` is set. A store that cannot be reached now is
+/// claimed by the first sweep that reaches it, and never swept before.
+async fn claim(store: &dyn Store, registry: &str, adopt: bool) -> anyhow::Result<()> {
+    let name = store.name();
+    match stores::ownership::claim(store, registry, adopt).await {
+        Ok(Claim::Owned) => {}
+        Ok(Claim::Claimed) => {
+            tracing::info!(store = %name, registry, "claimed the store's namespace for this registry")
+        }
+        Ok(Claim::Adopted { previous }) => {
+            tracing::warn!(store = %name, registry, previous = %previous, "adopted the store's namespace from another registry (adopt = true)")
+        }
+        Ok(Claim::OwnedBy(owner)) => anyhow::bail!(
+            "config key `stores.{name}`: the store's namespace belongs to registry {owner}, not to \
+             this gateway's registry {registry}: another gateway (or an earlier registry) keeps its \
+             images there. Point this store elsewhere, or set `adopt = true` in `[stores.{name}]` \
+             to take the namespace over"
+        ),
+        Err(e) => {
+            tracing::error!(store = %name, error = %e, "cannot check who owns the store's namespace; it is not swept until that works")
+        }
+    }
+    Ok(())
 }
 
 /// Serves the API on `listener` until `shutdown` completes; starts the background maintenance.

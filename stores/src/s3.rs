@@ -4,6 +4,7 @@
 //! checksums only when required (by default), Content-MD5 on every upload, and part number + ETag
 //! at Complete. It never hashes whole images; that happens above the stores.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -29,9 +30,10 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 
 use crate::chunker::{BufferPool, Chunker};
+use crate::ownership::MARKER;
 use crate::{
-    clip_range, ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, Store, StoreError,
-    StoreName, SweepReport,
+    clip_range, ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, Store,
+    StoreError, StoreName, SweepReport,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -129,6 +131,10 @@ pub struct S3StoreConfig {
     pub operation_timeout_secs: Option<u64>,
     #[serde(default)]
     pub request_checksum: RequestChecksum,
+    /// Take the bucket + prefix over from the registry its ownership marker names (off: refuse
+    /// to start).
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 impl fmt::Debug for S3StoreConfig {
@@ -177,6 +183,7 @@ impl S3StoreConfig {
             read_timeout_secs: default_read_timeout_secs(),
             operation_timeout_secs: None,
             request_checksum: RequestChecksum::default(),
+            adopt: false,
         }
     }
 
@@ -1223,10 +1230,22 @@ impl Store for S3Store {
             Err(e) => return Err(e),
         }
         // A crashed or cancelled upload of this key may have left a multipart upload behind.
-        for (upload_key, upload_id, _) in inner.list_uploads(&full).await? {
-            if upload_key == full {
-                inner.abort_upload(&full, &upload_id).await?;
+        // The object is gone, which is what the caller asked: a leftover that cannot be listed
+        // or aborted now (say, no ListMultipartUploads permission) is the sweep's to remove.
+        match inner.list_uploads(&full).await {
+            Ok(uploads) => {
+                for (upload_key, upload_id, _) in uploads {
+                    if upload_key == full {
+                        if let Err(e) = inner.abort_upload(&full, &upload_id).await {
+                            inner.log_failed_abort(&full, &upload_id, &e);
+                        }
+                    }
+                }
             }
+            Err(e) => tracing::warn!(
+                store = %inner.name, key = %key, error = %e,
+                "listing multipart uploads of a deleted object failed; the sweep will remove any"
+            ),
         }
         Ok(())
     }
@@ -1290,7 +1309,11 @@ impl Store for S3Store {
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
         let inner = &self.inner;
         let cutoff = SystemTime::now()
             .checked_sub(older_than)
@@ -1300,7 +1323,7 @@ impl Store for S3Store {
             let ours = key
                 .strip_prefix(inner.prefix.as_str())
                 .and_then(ObjectKey::parse)
-                .is_some();
+                .is_some_and(|k| !in_progress.contains(&k));
             // No initiation time: leave it, rather than abort an upload that may be live.
             if ours && initiated.is_some_and(|t| t <= cutoff) {
                 inner.abort_upload(&key, &upload_id).await?;
@@ -1308,6 +1331,56 @@ impl Store for S3Store {
             }
         }
         Ok(report)
+    }
+
+    fn namespaces(&self) -> Vec<Namespace> {
+        let inner = &self.inner;
+        let backend = format!(
+            "s3 {} bucket {}",
+            inner.endpoint_label.trim_end_matches('/'),
+            inner.bucket
+        );
+        vec![Namespace::new(backend, inner.prefix.clone())]
+    }
+
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError> {
+        let inner = &self.inner;
+        let full = format!("{}{MARKER}", inner.prefix);
+        let out = match inner
+            .client
+            .get_object()
+            .bucket(&inner.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| inner.map_err("GetObject", Some(MARKER), e))
+        {
+            Ok(out) => out,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            StoreError::unavailable(inner.store(), format!("GetObject {MARKER}: {e}"))
+        })?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let full = format!("{}{MARKER}", inner.prefix);
+        let md5 = content_md5(inner.store(), &content).await?;
+        inner
+            .client
+            .put_object()
+            .bucket(&inner.bucket)
+            .key(&full)
+            .content_type("application/json")
+            .content_md5(md5)
+            .body(SdkByteStream::from(content))
+            .send()
+            .await
+            .map_err(|e| inner.map_err("PutObject", Some(MARKER), e))?;
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@
 //! an abandoned one. Keys never have a component starting with `.`, so `<key>/.upload-` is a
 //! prefix no other key's segments can match.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -41,9 +42,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::{Notify, OnceCell};
 
+use crate::ownership::MARKER;
 use crate::{
-    clip_range, ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, RunningMd5, Store,
-    StoreError, StoreName, SweepReport,
+    clip_range, ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, RunningMd5,
+    Store, StoreError, StoreName, SweepReport,
 };
 
 const MIB: u64 = 1 << 20;
@@ -113,6 +115,10 @@ pub struct SwiftStoreConfig {
     /// upload's body and Swift's answer.
     #[serde(default = "default_read_timeout")]
     pub read_timeout_secs: u64,
+    /// Take the container over from the registry its ownership marker names (off: refuse to
+    /// start).
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 impl fmt::Debug for SwiftStoreConfig {
@@ -1743,11 +1749,17 @@ impl Store for SwiftStore {
                             || !(report.status.starts_with("200")
                                 || report.status.starts_with("404"))
                         {
-                            return Err(inner.other(format!(
+                            let message = format!(
                                 "{what}: Swift reported {} ({} segment errors)",
                                 report.status,
                                 failed.len()
-                            )));
+                            );
+                            // The image is deleted once its manifest is: segments it could not
+                            // remove are leftovers for the sweep, not a failed delete.
+                            if inner.head(&inner.container, key.as_str()).await?.is_some() {
+                                return Err(inner.other(message));
+                            }
+                            tracing::warn!(store = %inner.name, %key, "{message}; the sweep removes what is left");
                         }
                     }
                     s => return Err(inner.status_error(&what, s)),
@@ -1759,16 +1771,23 @@ impl Store for SwiftStore {
                     let ours = format!("{key}{SEGMENT_MARK}");
                     if let Some((container, prefix)) = manifest.split_once('/') {
                         if prefix.starts_with(&ours) && valid_container(container) {
-                            inner.delete_prefix(container, prefix).await?;
+                            if let Err(e) = inner.delete_prefix(container, prefix).await {
+                                tracing::warn!(store = %inner.name, %key, error = %e, "removing the segments of a deleted image failed; the sweep removes them");
+                            }
                         }
                     }
                 }
             }
         }
-        // Leftovers of any earlier upload of this key: failed, cancelled or overwritten.
-        inner
+        // Leftovers of any earlier upload of this key: failed, cancelled or overwritten. The
+        // image is gone already; what cannot be listed or removed now (say, a token without
+        // listing rights on the segment container) is the sweep's.
+        if let Err(e) = inner
             .delete_prefix(&inner.segment_container, &format!("{key}{SEGMENT_MARK}"))
-            .await?;
+            .await
+        {
+            tracing::warn!(store = %inner.name, %key, error = %e, "removing upload leftovers of a deleted image failed; the sweep removes them");
+        }
         Ok(())
     }
 
@@ -1815,7 +1834,11 @@ impl Store for SwiftStore {
     /// Removes the segments of upload runs whose newest segment is older than `older_than` and
     /// that no manifest names. `older_than` must exceed the time one segment takes to upload,
     /// since a segment in flight is not listed yet.
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
         let inner = &self.inner;
         let now = SystemTime::now();
         let mut runs: std::collections::BTreeMap<(ObjectKey, String), (SystemTime, Vec<String>)> =
@@ -1824,6 +1847,9 @@ impl Store for SwiftStore {
             let Some((key, run)) = parse_segment_name(&listed.name) else {
                 continue; // not ours
             };
+            if in_progress.contains(&key) {
+                continue;
+            }
             let Some(modified) = listed.last_modified.as_deref().and_then(parse_listing_time)
             else {
                 continue;
@@ -1846,6 +1872,59 @@ impl Store for SwiftStore {
             report.incomplete_removed += 1;
         }
         Ok(report)
+    }
+
+    /// The container and the segment container, in the account the storage URL or the auth
+    /// user names (v1 users are `account:user`).
+    fn namespaces(&self) -> Vec<Namespace> {
+        let inner = &self.inner;
+        let account = match (&inner.storage_url_override, &inner.credentials) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(c)) => {
+                let account = c.user.split_once(':').map_or(c.user.as_str(), |(a, _)| a);
+                format!("{} account {account}", c.auth_url)
+            }
+            (None, None) => String::new(),
+        };
+        let backend = format!("swift {account}");
+        vec![
+            Namespace::new(backend.clone(), format!("{}/", inner.container)),
+            Namespace::new(backend, format!("{}/", inner.segment_container)),
+        ]
+    }
+
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError> {
+        let inner = &self.inner;
+        let what = format!("reading {}/{MARKER}", inner.container);
+        let response = inner
+            .send(&what, inner.request_timeout, |s| {
+                inner.request(s, Method::GET, &inner.container, Some(MARKER))
+            })
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(inner.read_body(&what, response).await?)),
+            s => Err(inner.status_error(&what, s)),
+        }
+    }
+
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.ensure_containers().await?;
+        let what = format!("writing {}/{MARKER}", inner.container);
+        let response = inner
+            .send(&what, inner.request_timeout, |s| {
+                inner
+                    .request(s, Method::PUT, &inner.container, Some(MARKER))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(content.clone())
+            })
+            .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(inner.status_error(&what, response.status()))
+        }
     }
 }
 

@@ -742,7 +742,7 @@ async fn s3_control_backend_stopped_mid_upload() {
     // The failed upload's abort could not reach the server; the sweep removes the upload.
     let store = app.state().stores.get("s3").unwrap().clone();
     let report = store
-        .sweep_incomplete(Duration::ZERO)
+        .sweep_incomplete(Duration::ZERO, &Default::default())
         .await
         .expect("sweep after resume");
     assert!(

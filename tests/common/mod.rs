@@ -144,6 +144,7 @@ impl TestAppBuilder {
                 "file".to_owned(),
                 StoreConfig::File(FileStoreConfig {
                     root: data_dir.join("images"),
+                    adopt: false,
                 }),
             );
             for name in &self.extra_stores {
@@ -151,6 +152,7 @@ impl TestAppBuilder {
                     name.clone(),
                     StoreConfig::File(FileStoreConfig {
                         root: data_dir.join(format!("store-{name}")),
+                        adopt: false,
                     }),
                 );
             }
