@@ -76,7 +76,7 @@ struct Known {
     /// Keys of images still `saving`, by store: their uploads may be running.
     saving: HashMap<StoreName, BTreeSet<ObjectKey>>,
     /// Active images kept in our own stores, by store.
-    active: HashMap<StoreName, Vec<(ImageId, ObjectKey)>>,
+    active: HashMap<StoreName, Vec<(ImageId, ObjectKey, Timestamp)>>,
     /// No image at all: the registry cannot tell an orphan from another gateway's data.
     empty: bool,
 }
@@ -101,11 +101,11 @@ impl Known {
                     .insert(loc.key.clone());
             }
             if r.status == ImageStatus::Active {
-                known
-                    .active
-                    .entry(loc.store.clone())
-                    .or_default()
-                    .push((r.id, loc.key.clone()));
+                known.active.entry(loc.store.clone()).or_default().push((
+                    r.id,
+                    loc.key.clone(),
+                    r.updated_at,
+                ));
             }
             known.referenced.insert((loc.store, loc.key));
         }
@@ -148,24 +148,35 @@ async fn owned(state: &AppState, store: &dyn Store) -> bool {
     }
 }
 
+/// What one sweep found and did, over every store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepSummary {
+    /// Stores skipped: another registry owns them, or their marker could not be read.
+    pub stores_skipped: usize,
+    /// Objects no image points to, left in place.
+    pub orphans_kept: Vec<(StoreName, ObjectKey)>,
+    /// Objects no image points to, removed.
+    pub orphans_removed: Vec<(StoreName, ObjectKey)>,
+    /// Active images whose data their store no longer lists.
+    pub missing_data: Vec<ImageId>,
+}
+
 /// Sweeps every store this registry owns: removes incomplete uploads older than `sweep_min_age`
 /// (except those of images still `saving`), reports — or, with `sweep_orphans = "delete"`,
 /// removes — complete objects no image points to, and logs active images whose data is gone.
-pub async fn sweep(state: &AppState) {
+pub async fn sweep(state: &AppState) -> SweepSummary {
+    let mut summary = SweepSummary::default();
     let min_age = Duration::from_secs(state.config.sweep_min_age);
-    let known = match state.registry.all().await {
-        Ok(all) => Known::from(all),
-        Err(e) => {
-            tracing::error!(error = %e, "sweep skipped: registry unreadable");
-            return;
-        }
-    };
     let no_saving = BTreeSet::new();
     for store in state.stores.iter() {
         if !owned(state, &**store).await {
+            summary.stores_skipped += 1;
             continue;
         }
-        let saving = known.saving.get(store.name()).unwrap_or(&no_saving);
+        let Some(before) = read_known(state).await else {
+            return summary;
+        };
+        let saving = before.saving.get(store.name()).unwrap_or(&no_saving);
         match store.sweep_incomplete(min_age, saving).await {
             Ok(r) if r.incomplete_removed > 0 => {
                 tracing::info!(store = %store.name(), removed = r.incomplete_removed, "removed incomplete uploads")
@@ -175,6 +186,10 @@ pub async fn sweep(state: &AppState) {
                 tracing::warn!(store = %store.name(), error = %e, "sweep of incomplete uploads failed")
             }
         }
+        // The listing comes first and the registry is read after it: an image whose object
+        // was listed then has its location recorded (it is set before any byte is stored), so
+        // no upload finishing meanwhile is taken for an orphan, whatever `sweep_min_age`.
+        let listed_at = Timestamp::now();
         let objects = match store.list().await {
             Ok(o) => o,
             Err(e) => {
@@ -182,8 +197,30 @@ pub async fn sweep(state: &AppState) {
                 continue;
             }
         };
-        check_active_data(state, store.name(), &known, &objects).await;
-        sweep_orphans(state, &**store, &known, objects, min_age).await;
+        let Some(known) = read_known(state).await else {
+            return summary;
+        };
+        check_active_data(
+            state,
+            store.name(),
+            &known,
+            &objects,
+            listed_at,
+            &mut summary,
+        )
+        .await;
+        sweep_orphans(state, &**store, &known, objects, min_age, &mut summary).await;
+    }
+    summary
+}
+
+async fn read_known(state: &AppState) -> Option<Known> {
+    match state.registry.all().await {
+        Ok(all) => Some(Known::from(all)),
+        Err(e) => {
+            tracing::error!(error = %e, "sweep stopped: registry unreadable");
+            None
+        }
     }
 }
 
@@ -193,13 +230,16 @@ async fn check_active_data(
     store: &StoreName,
     known: &Known,
     objects: &[ObjectInfo],
+    listed_at: Timestamp,
+    summary: &mut SweepSummary,
 ) {
     let Some(active) = known.active.get(store) else {
         return;
     };
     let listed: HashSet<&ObjectKey> = objects.iter().map(|o| &o.key).collect();
-    for (id, key) in active {
-        if listed.contains(key) {
+    for (id, key, updated_at) in active {
+        // Changed since the listing (activated, say): its object may postdate the listing.
+        if listed.contains(key) || updated_at.micros() >= listed_at.micros() {
             continue;
         }
         // Deleted since the registry was read: not a loss.
@@ -210,6 +250,7 @@ async fn check_active_data(
         );
         if still_active {
             tracing::error!(image = %id, store = %store, key = %key, "active image whose data is missing from its store");
+            summary.missing_data.push(id.clone());
         }
     }
 }
@@ -222,6 +263,7 @@ async fn sweep_orphans(
     known: &Known,
     objects: Vec<ObjectInfo>,
     min_age: Duration,
+    summary: &mut SweepSummary,
 ) {
     let now = SystemTime::now();
     let orphans: Vec<ObjectKey> = objects
@@ -231,7 +273,7 @@ async fn sweep_orphans(
                 .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= min_age)
         })
         .map(|o| o.key)
-        .filter(|key| own_key_format(key))
+        .filter(own_key_format)
         .filter(|key| {
             !known
                 .referenced
@@ -245,18 +287,30 @@ async fn sweep_orphans(
         && !known.empty
         && !state.registry.is_new();
     if !delete {
-        for key in &orphans {
+        for key in orphans {
             tracing::warn!(store = %store.name(), key = %key, "object no image points to (kept: sweep_orphans = \"log\", or the registry is new or empty)");
+            summary.orphans_kept.push((store.name().clone(), key));
         }
+        return;
+    }
+    // Once more right before removing: another gateway may have adopted the namespace (and
+    // started writing to it) since this sweep began.
+    if !owned(state, store).await {
+        summary.stores_skipped += 1;
+        summary
+            .orphans_kept
+            .extend(orphans.into_iter().map(|k| (store.name().clone(), k)));
         return;
     }
     for key in orphans {
         match store.delete(&key).await {
             Ok(()) => {
-                tracing::info!(store = %store.name(), key = %key, "removed orphaned object")
+                tracing::info!(store = %store.name(), key = %key, "removed orphaned object");
+                summary.orphans_removed.push((store.name().clone(), key));
             }
             Err(e) => {
-                tracing::warn!(store = %store.name(), key = %key, error = %e, "could not remove orphaned object")
+                tracing::warn!(store = %store.name(), key = %key, error = %e, "could not remove orphaned object");
+                summary.orphans_kept.push((store.name().clone(), key));
             }
         }
     }

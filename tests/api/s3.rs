@@ -17,6 +17,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use glance_gateway::config::SweepOrphans;
 use reqwest::StatusCode;
 use serde_json::Value;
 use stores::s3::S3StoreConfig;
@@ -512,6 +513,8 @@ async fn s3_wrong_credentials_answer_503_and_other_stores_keep_serving() {
     let bad_secret = format!("wrong-secret-{}", uuid::Uuid::new_v4().simple());
     let mut bad = bucket.config();
     bad.secret_access_key = Some(bad_secret.clone().into());
+    // A namespace of its own: two stores may not share one.
+    bad.prefix = format!("{}-bad/", bucket.prefix.trim_end_matches('/'));
     let app = TestApp::builder()
         .store("s3", bucket.store())
         .store("s3bad", StoreConfig::S3(bad))
@@ -628,27 +631,35 @@ async fn s3_sweep_removes_abandoned_uploads_and_orphans() {
         .await;
     assert_eq!(bucket.uploads().await, vec![first_upload]);
 
-    // The sweep at startup removes both.
+    // The sweep at startup aborts the upload; the orphan stays, since a new registry cannot
+    // tell an orphan from another gateway's image.
     let app = TestApp::builder()
         .store("s3", bucket.store())
         .sweep_min_age(0)
+        .sweep_orphans(SweepOrphans::Delete)
         .spawn()
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !bucket.uploads().await.is_empty() || bucket.exists(&first_orphan).await {
+    while !bucket.uploads().await.is_empty() {
         assert!(
             Instant::now() < deadline,
-            "the startup sweep left leftovers"
+            "the startup sweep left the upload"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let that sweep finish before a live object appears (it lists objects after it read the
     // registry, and a zero minimum age protects nothing).
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        bucket.exists(&first_orphan).await,
+        "a new registry removed an orphan"
+    );
 
     let live = pattern(1000);
     let live_id = new_id();
     upload_ok(&app, &live_id, Some("s3"), &live).await;
+    let app = app.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let second_upload = abandon(&bucket, "abandoned").await;
     let second_orphan = new_id();
     bucket
@@ -656,15 +667,46 @@ async fn s3_sweep_removes_abandoned_uploads_and_orphans() {
         .await;
     assert_eq!(bucket.uploads().await, vec![second_upload]);
 
-    // The scheduled sweep (the same function) removes them, and only them.
+    // The scheduled sweep (the same function) of a registry that knows images removes them,
+    // and only them.
     glance_gateway::maintenance::sweep(app.state()).await;
     assert_eq!(bucket.uploads().await, Vec::<String>::new());
+    assert!(!bucket.exists(&first_orphan).await, "orphan not removed");
     assert!(!bucket.exists(&second_orphan).await, "orphan not removed");
     assert!(
         bucket.exists(&live_id).await,
         "the live image's object was removed"
     );
     assert!(download(&app, &live_id).await == live);
+}
+
+/// Two gateways on one bucket + prefix: the second is refused, adopts with `adopt = true`, and
+/// by default only reports the first one's images.
+#[tokio::test]
+async fn s3_two_gateways_on_one_prefix() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "owners");
+    crate::ownership::two_gateways_on_one_namespace(|adopt| {
+        let mut c = bucket.config();
+        c.adopt = adopt;
+        StoreConfig::S3(c)
+    })
+    .await;
+    assert!(bucket.exists(stores::ownership::MARKER).await);
+}
+
+#[tokio::test]
+async fn s3_stores_sharing_a_prefix_are_refused() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "overlap");
+    let mut inner = bucket.config();
+    inner.prefix = format!("{}inner/", bucket.prefix);
+    let message = TestApp::builder()
+        .store("outer", bucket.store())
+        .store("inner", StoreConfig::S3(inner))
+        .refused()
+        .await;
+    assert!(message.contains("stores.inner"), "{message}");
 }
 
 /// Brings the shared server back even when the test fails.

@@ -98,8 +98,11 @@ impl Raw {
         Self(SwiftRaw::new(env).await)
     }
 
+    /// The objects of the container but its ownership marker (checked on its own).
     async fn list(&self, container: &str) -> Vec<String> {
-        self.0.list(container, "").await
+        let mut names = self.0.list(container, "").await;
+        names.retain(|n| n != stores::ownership::MARKER);
+        names
     }
 
     async fn segments(&self, container: &str) -> Vec<String> {
@@ -668,4 +671,42 @@ async fn admins_register_objects_of_other_containers() {
     }
     raw.delete(&format!("{other}/images/base.raw"), &[]).await;
     raw.delete(&other, &[]).await;
+}
+
+/// Two gateways on one container: the second is refused, adopts with `adopt = true`, and by
+/// default only reports the first one's images.
+#[tokio::test]
+async fn two_gateways_on_one_container() {
+    let env = swift_env!();
+    let container = unique_container();
+    crate::ownership::two_gateways_on_one_namespace(|adopt| {
+        let mut json = swift_json(&env, &container);
+        json["adopt"] = Value::Bool(adopt);
+        store_config(json)
+    })
+    .await;
+    let raw = Raw::new(&env).await;
+    let marker = raw
+        .head(&format!("{container}/{}", stores::ownership::MARKER))
+        .await;
+    assert_eq!(marker.status(), StatusCode::OK);
+}
+
+/// A store whose container is another store's segment container is refused.
+#[tokio::test]
+async fn stores_sharing_a_container_are_refused() {
+    let env = swift_env!();
+    let container = unique_container();
+    let message = TestApp::builder()
+        .store("one", store_config(swift_json(&env, &container)))
+        .store(
+            "two",
+            store_config(swift_json(&env, &format!("{container}_segments"))),
+        )
+        .refused()
+        .await;
+    assert!(
+        message.contains("stores.one") && message.contains("stores.two"),
+        "{message}"
+    );
 }

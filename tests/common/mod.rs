@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use glance_gateway::config::{
     AuthMode, Config, ConfigFile, Overrides, PublicizeImage, QuotaValue, RemoteSources,
+    SweepOrphans,
 };
 use glance_gateway::model::{ImageId, ImageRecord};
 use glance_gateway::registry::StoredImage;
@@ -54,6 +55,7 @@ pub struct TestAppBuilder {
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
     sweep_min_age: Option<u64>,
+    sweep_orphans: Option<SweepOrphans>,
 }
 
 impl TestAppBuilder {
@@ -132,6 +134,10 @@ impl TestAppBuilder {
         self.sweep_min_age = Some(v);
         self
     }
+    pub fn sweep_orphans(mut self, v: SweepOrphans) -> Self {
+        self.sweep_orphans = Some(v);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -183,6 +189,7 @@ impl TestAppBuilder {
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
             sweep_min_age: self.sweep_min_age,
+            sweep_orphans: self.sweep_orphans,
             stores,
             ..ConfigFile::default()
         };
@@ -200,6 +207,16 @@ impl TestAppBuilder {
     pub async fn spawn(self) -> TestApp {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         self.spawn_in(dir).await
+    }
+
+    /// The error that stops a gateway with this configuration from starting (in a fresh data
+    /// directory); panics if it starts.
+    pub async fn refused(self) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match glance_gateway::open_state(self.config(dir.path())).await {
+            Ok(_) => panic!("the gateway started"),
+            Err(e) => format!("{e:#}"),
+        }
     }
 
     /// Starts a gateway on an existing data directory (restarts, crash recovery).
