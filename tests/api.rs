@@ -5,6 +5,8 @@ mod common;
 
 #[path = "api/codec.rs"]
 mod codec;
+#[path = "api/crash.rs"]
+mod crash;
 #[path = "api/create.rs"]
 mod create;
 #[path = "api/failures.rs"]

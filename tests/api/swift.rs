@@ -710,3 +710,28 @@ async fn stores_sharing_a_container_are_refused() {
         "{message}"
     );
 }
+
+/// SIGKILL of the real binary mid segmented upload, then a restart: the active image is intact,
+/// nothing is left `saving`, and no segment of the interrupted upload stays.
+#[tokio::test]
+async fn kill_9_mid_upload_loses_nothing_and_leaves_nothing() {
+    let env = swift_env!();
+    let container = unique_container();
+    let raw = Raw::new(&env).await;
+    let (raw, segments) = (&raw, format!("{container}_segments"));
+    let segments = &segments;
+    let run = crate::crash::kill_mid_upload(swift_json(&env, &container), BIG, |id| async move {
+        !raw.0.list(segments, &format!("{id}/")).await.is_empty()
+    })
+    .await;
+    assert_eq!(raw.list(&container).await, vec![run.kept.clone()]);
+    let left = raw.segments(&container).await;
+    assert!(!left.is_empty());
+    assert!(
+        left.iter()
+            .all(|s| s.starts_with(&format!("{}/", run.kept))),
+        "segments of the interrupted upload {} left: {left:?}",
+        run.interrupted
+    );
+    run.gateway.kill9().await;
+}
