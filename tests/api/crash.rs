@@ -210,3 +210,120 @@ pub struct Restarted {
     pub interrupted: String,
     _dir: tempfile::TempDir,
 }
+
+/// A TCP proxy in front of a real backend that can play its death: once armed, the next
+/// connection to carry `limit` bytes from the backend is cut there, and every connection after
+/// that is refused, as if the server had died in the middle of an answer.
+pub struct DyingProxy {
+    pub addr: std::net::SocketAddr,
+    limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bumped by each arming, so bytes count from then on.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DyingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DyingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = Arc::new(AtomicU64::new(u64::MAX));
+        let dead = Arc::new(AtomicBool::new(false));
+        let armed = Arc::clone(&limit);
+        let generation = Arc::new(AtomicU64::new(0));
+        let armings = Arc::clone(&generation);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if dead.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (limit, dead) = (Arc::clone(&armed), Arc::clone(&dead));
+                let armings = Arc::clone(&armings);
+                tokio::spawn(async move {
+                    let (mut client_rd, mut client_wr) = client.into_split();
+                    let (mut server_rd, mut server_wr) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+                        let _ = server_wr.shutdown().await;
+                    });
+                    let (mut carried, mut seen) = (0u64, armings.load(Ordering::SeqCst));
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let now = armings.load(Ordering::SeqCst);
+                        if now != seen {
+                            (carried, seen) = (0, now);
+                        }
+                        let left = limit.load(Ordering::SeqCst).saturating_sub(carried);
+                        let take = (n as u64).min(left) as usize;
+                        if client_wr.write_all(&buf[..take]).await.is_err() {
+                            break;
+                        }
+                        carried += take as u64;
+                        if take < n || left == take as u64 {
+                            // The backend dies: this answer stops here, and so does everything.
+                            dead.store(true, Ordering::SeqCst);
+                            up.abort();
+                            return; // both halves dropped: the gateway sees the connection end
+                        }
+                    }
+                    let _ = client_wr.shutdown().await;
+                    let _ = up.await;
+                });
+            }
+        });
+        Self {
+            addr,
+            limit,
+            generation,
+            task,
+        }
+    }
+
+    /// The next connection dies after carrying `bytes` from the backend.
+    pub fn die_after(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        self.limit.store(bytes, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Downloads `id` and asserts the client sees the answer cut: a 200 whose body ends before the
+/// image does, never a complete-looking one.
+pub async fn assert_download_is_cut(app: &TestApp, id: &str, len: usize) {
+    let resp = app.get(&format!("/v1/images/{id}")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp;
+    let mut got = 0usize;
+    let outcome = loop {
+        match body.chunk().await {
+            Ok(Some(chunk)) => got += chunk.len(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(got < len, "the whole image arrived ({got} bytes)");
+    assert!(
+        outcome.is_err(),
+        "the download ended cleanly after {got} of {len} bytes"
+    );
+}

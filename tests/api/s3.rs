@@ -932,3 +932,29 @@ async fn s3_kill_9_mid_upload_loses_nothing_and_leaves_nothing() {
     assert_eq!(keys, expected, "interrupted: {}", run.interrupted);
     run.gateway.kill9().await;
 }
+
+/// S3 dies in the middle of a download: the client sees the connection cut, never a complete-
+/// looking 200 (a shorter body that ends cleanly).
+#[tokio::test]
+async fn s3_backend_dying_mid_download_cuts_the_client_off() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "dying");
+    let upstream = env
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the test endpoint is http://ip:port");
+    let proxy = crate::crash::DyingProxy::start(upstream).await;
+    let mut config = bucket.config();
+    config.endpoint = Some(format!("http://{}", proxy.addr));
+    config.max_attempts = 1;
+    let app = TestApp::builder()
+        .store("s3", StoreConfig::S3(config))
+        .spawn()
+        .await;
+    let data = pattern(3 * PART);
+    let id = new_id();
+    upload_ok(&app, &id, Some("s3"), &data).await;
+    proxy.die_after(2 * MIB as u64);
+    crate::crash::assert_download_is_cut(&app, &id, data.len()).await;
+}

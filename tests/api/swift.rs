@@ -735,3 +735,30 @@ async fn kill_9_mid_upload_loses_nothing_and_leaves_nothing() {
     );
     run.gateway.kill9().await;
 }
+
+/// Swift dies in the middle of a download: the client sees the connection cut, never a complete-
+/// looking 200 (a shorter body that ends cleanly).
+#[tokio::test]
+async fn backend_dying_mid_download_cuts_the_client_off() {
+    let env = swift_env!();
+    let container = unique_container();
+    let raw = Raw::new(&env).await;
+    let url = reqwest::Url::parse(&raw.storage_url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+        .parse()
+        .expect("the test storage URL is http://ip:port/...");
+    let proxy = crate::crash::DyingProxy::start(upstream).await;
+    let mut json = swift_json(&env, &container);
+    json["storage_url"] = Value::String(format!("http://{}{}", proxy.addr, url.path()));
+    let app = TestApp::builder()
+        .store("swift", store_config(json))
+        .spawn()
+        .await;
+    let data = pattern(2 * 1024 * 1024);
+    let id = app.create_image(&swift_meta("dying"), Some(&data)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proxy.die_after(256 * 1024);
+    crate::crash::assert_download_is_cut(&app, &id, data.len()).await;
+}
