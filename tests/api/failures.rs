@@ -366,3 +366,45 @@ async fn non_utf8_header_values_are_400_not_500() {
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert!(app.state().registry.all().await.unwrap().is_empty());
 }
+
+/// More bytes than `x-image-meta-size` declares: 400 as soon as the declared size is passed (the
+/// body here never ends), the image killed, nothing stored. `store` picks the store.
+pub async fn more_than_declared_is_400_at_the_declared_size(app: &TestApp, store: Option<&str>) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let store_header = store
+        .map(|s| format!("x-image-meta-store: {s}\r\n"))
+        .unwrap_or_default();
+    let head = post_head(
+        &id,
+        &format!("{store_header}x-image-meta-size: 1000\r\nTransfer-Encoding: chunked\r\n"),
+    );
+    let mut stream = app.connect().await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let data = pattern(300_000);
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&data).await.unwrap();
+    stream.write_all(b"\r\n").await.unwrap();
+    // No last chunk: the body stays open, so only a gateway that stops at the declared size
+    // answers at all.
+    let resp = read_response(&mut stream).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("1000"), "{}", resp.text());
+    app.wait_for_status(&id, "killed").await;
+}
+
+#[tokio::test]
+async fn more_bytes_than_declared_is_400_at_the_declared_size() {
+    let app = TestApp::spawn().await;
+    more_than_declared_is_400_at_the_declared_size(&app, None).await;
+    app.wait_for_no_tmp_files().await;
+    let images: Vec<_> = std::fs::read_dir(app.data_dir().join("images"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(images.is_empty(), "{images:?}");
+}

@@ -958,3 +958,22 @@ async fn s3_backend_dying_mid_download_cuts_the_client_off() {
     proxy.die_after(2 * MIB as u64);
     crate::crash::assert_download_is_cut(&app, &id, data.len()).await;
 }
+
+#[tokio::test]
+async fn s3_more_bytes_than_declared_is_400_and_leaves_nothing() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "overdeclared");
+    let app = TestApp::builder().store("s3", bucket.store()).spawn().await;
+    crate::failures::more_than_declared_is_400_at_the_declared_size(&app, Some("s3")).await;
+    bucket.wait_for_no_uploads().await;
+    let listed = bucket
+        .sdk
+        .list_objects_v2()
+        .bucket(&env.bucket)
+        .prefix(&bucket.prefix)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, vec![bucket.key(stores::ownership::MARKER)]);
+}

@@ -762,3 +762,38 @@ async fn backend_dying_mid_download_cuts_the_client_off() {
     proxy.die_after(256 * 1024);
     crate::crash::assert_download_is_cut(&app, &id, data.len()).await;
 }
+
+#[tokio::test]
+async fn more_bytes_than_declared_is_400_and_leaves_nothing() {
+    let env = swift_env!();
+    let (app, container) = gateway(&env).await;
+    crate::failures::more_than_declared_is_400_at_the_declared_size(&app, Some("swift")).await;
+    Raw::new(&env).await.assert_empty_soon(&container).await;
+}
+
+/// An upload the cluster refuses as too large (here: more segments than an SLO manifest may
+/// name, 1000 by default) is the client's 413, not a gateway error.
+#[tokio::test]
+async fn an_upload_too_large_for_the_cluster_is_413() {
+    let env = swift_env!();
+    let container = unique_container();
+    let mut json = swift_json(&env, &container);
+    json["segment_size"] = Value::from(1024);
+    json["large_object_size"] = Value::from(1024);
+    let app = TestApp::builder()
+        .store("swift", store_config(json))
+        .spawn()
+        .await;
+    let resp = app
+        .post("/v1/images")
+        .headers(meta_headers(&swift_meta("huge")))
+        .header("content-type", "application/octet-stream")
+        .body(pattern(1001 * 1024))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    Raw::new(&env).await.assert_empty_soon(&container).await;
+}
