@@ -327,3 +327,89 @@ pub async fn assert_download_is_cut(app: &TestApp, id: &str, len: usize) {
         "the download ended cleanly after {got} of {len} bytes"
     );
 }
+
+/// A proxy in front of a real backend that answers 403 (S3's AccessDenied) to the requests
+/// `refuse` picks by their request line, while `refusing` is set, as a backend would for
+/// credentials without that permission. Every other request goes through, one per connection (the
+/// proxy asks the backend to close after each answer, so no request slips past unexamined).
+pub struct RefusingProxy {
+    pub addr: std::net::SocketAddr,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RefusingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RefusingProxy {
+    pub async fn start(
+        upstream: std::net::SocketAddr,
+        refuse: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&refusing);
+        let refuse = Arc::new(refuse);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (flag, refuse) = (Arc::clone(&flag), Arc::clone(&refuse));
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match client.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let request_line = text.lines().next().unwrap_or_default().to_owned();
+                    if flag.load(Ordering::SeqCst) && refuse(&request_line) {
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                            <Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+                        let answer = format!(
+                            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                    let mut forwarded: String = text
+                        .split_inclusive("\r\n")
+                        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                        .collect();
+                    forwarded.truncate(forwarded.len() - 2);
+                    forwarded.push_str("Connection: close\r\n\r\n");
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    if server.write_all(forwarded.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            refusing,
+            task,
+        }
+    }
+
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}

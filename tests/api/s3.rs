@@ -977,3 +977,56 @@ async fn s3_more_bytes_than_declared_is_400_and_leaves_nothing() {
     let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(keys, vec![bucket.key(stores::ownership::MARKER)]);
 }
+
+/// DELETE succeeds once the image's object is gone, even when the credentials may not list
+/// multipart uploads: the upload a crash left for the key is the sweep's to remove.
+#[tokio::test]
+async fn s3_delete_succeeds_without_the_list_uploads_permission() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "nolist");
+    let upstream = env.endpoint.trim_start_matches("http://").parse().unwrap();
+    // ListMultipartUploads is `GET /<bucket>?uploads…`.
+    let proxy = crate::crash::RefusingProxy::start(upstream, |line| {
+        line.starts_with("GET ") && line.contains("?uploads")
+    })
+    .await;
+    let mut config = bucket.config();
+    config.endpoint = Some(format!("http://{}", proxy.addr));
+    let app = TestApp::builder()
+        .store("s3", StoreConfig::S3(config))
+        .sweep_min_age(0)
+        .spawn()
+        .await;
+    let id = new_id();
+    upload_ok(&app, &id, Some("s3"), &pattern(1000)).await;
+    // What a crash during an earlier upload of the key left behind.
+    bucket
+        .sdk
+        .create_multipart_upload()
+        .bucket(&env.bucket)
+        .key(bucket.key(&id))
+        .send()
+        .await
+        .unwrap();
+
+    proxy.refuse(true);
+    let resp = app
+        .delete(&format!("/v1/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert!(!bucket.exists(&id).await);
+    assert_eq!(app.status_of(&id).await, "deleted");
+    assert_eq!(bucket.uploads().await, vec![bucket.key(&id)]);
+
+    // Once listing works again, the sweep removes the leftover.
+    proxy.refuse(false);
+    glance_gateway::maintenance::sweep(app.state()).await;
+    assert_eq!(bucket.uploads().await, Vec::<String>::new());
+}

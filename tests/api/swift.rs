@@ -797,3 +797,55 @@ async fn an_upload_too_large_for_the_cluster_is_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
     Raw::new(&env).await.assert_empty_soon(&container).await;
 }
+
+/// DELETE succeeds once the image's manifest is gone, even when the segment container cannot be
+/// listed: segments an earlier upload left are the sweep's to remove.
+#[tokio::test]
+async fn delete_succeeds_when_segments_cannot_be_listed() {
+    let env = swift_env!();
+    let container = unique_container();
+    let raw = Raw::new(&env).await;
+    let url = reqwest::Url::parse(&raw.storage_url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+        .parse()
+        .unwrap();
+    let segments = format!("{container}_segments");
+    let listing = format!("GET {}/{segments}?", url.path());
+    let proxy =
+        crate::crash::RefusingProxy::start(upstream, move |line| line.starts_with(&listing)).await;
+    let mut json = swift_json(&env, &container);
+    json["storage_url"] = Value::String(format!("http://{}{}", proxy.addr, url.path()));
+    let app = TestApp::builder()
+        .store("swift", store_config(json))
+        .sweep_min_age(0)
+        .spawn()
+        .await;
+    let id = app
+        .create_image(&swift_meta("nolist"), Some(&pattern(BIG)))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What an earlier, interrupted upload of the key left.
+    let stray = format!("{segments}/{id}/.upload-0123abcd/00000001");
+    raw.put(&stray, pattern(100)).await;
+
+    proxy.refuse(true);
+    let resp = app
+        .delete(&format!("/v1/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert_eq!(app.status_of(&id).await, "deleted");
+    assert!(raw.list(&container).await.is_empty());
+
+    proxy.refuse(false);
+    glance_gateway::maintenance::sweep(app.state()).await;
+    raw.assert_empty_soon(&container).await;
+}
