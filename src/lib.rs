@@ -5,6 +5,7 @@ pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod error;
+mod framing;
 pub mod http;
 pub mod listing;
 pub mod maintenance;

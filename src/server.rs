@@ -12,6 +12,7 @@ use stores::{Store, Stores};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::framing::FramingCheck;
 use crate::registry::Registry;
 use crate::remote::RemoteClient;
 use crate::state::AppState;
@@ -124,6 +125,7 @@ pub async fn serve(
                 .max_headers(MAX_HEADERS)
                 .header_read_timeout(Duration::from_secs(60))
                 .timer(hyper_util::rt::TokioTimer::new());
+            let stream = FramingCheck::new(stream);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
