@@ -48,6 +48,26 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a
     Ok((!text.is_empty()).then_some(text))
 }
 
+/// The one value several alias headers agree on; aliases that disagree are refused, so a
+/// client-sent alias can never override the one the proxy set.
+fn aliased<'a>(headers: &'a HeaderMap, aliases: &[&str]) -> ApiResult<Option<&'a str>> {
+    let mut found: Option<&str> = None;
+    for name in aliases {
+        if let Some(value) = single_header(headers, name)? {
+            match found {
+                Some(seen) if seen != value => {
+                    return Err(ApiError::bad_request(format!(
+                        "Conflicting identity headers: {}",
+                        aliases.join(", ")
+                    )))
+                }
+                _ => found = Some(value),
+            }
+        }
+    }
+    Ok(found)
+}
+
 impl Caller {
     /// Builds the caller for a request; 401 when identity is required and missing.
     pub fn identify(headers: &HeaderMap, config: &Config) -> ApiResult<Self> {
@@ -80,13 +100,9 @@ impl Caller {
                         "This server could not verify that you are authorized to access the document you requested.",
                     ));
                 }
-                let tenant = single_header(headers, "x-tenant-id")?
-                    .or(single_header(headers, "x-project-id")?)
-                    .or(single_header(headers, "x-tenant")?)
+                let tenant = aliased(headers, &["x-tenant-id", "x-project-id", "x-tenant"])?
                     .map(str::to_owned);
-                let user = single_header(headers, "x-user-id")?
-                    .or(single_header(headers, "x-user")?)
-                    .map(str::to_owned);
+                let user = aliased(headers, &["x-user-id", "x-user"])?.map(str::to_owned);
                 let roles: Vec<String> = single_header(headers, "x-roles")?
                     .unwrap_or("")
                     .split(',')

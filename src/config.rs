@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -75,12 +76,22 @@ pub struct ConfigFile {
     pub disk_formats: Option<Vec<String>>,
     pub container_formats: Option<Vec<String>>,
     pub remote_sources: Option<RemoteSources>,
+    /// The proxy remote sources are fetched through (`HTTP(S)_PROXY` are ignored).
+    pub remote_proxy: Option<String>,
     /// Seconds between sweeps of incomplete uploads and orphaned objects (0 = only at startup).
     pub sweep_interval: Option<u64>,
     /// Incomplete uploads younger than this many seconds are left alone by a sweep.
     pub sweep_min_age: Option<u64>,
     /// `"log"` (default) or `"delete"` objects no image points to.
     pub sweep_orphans: Option<SweepOrphans>,
+    /// Seconds a request body may send nothing before it is cut.
+    pub client_idle_timeout: Option<u64>,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: Option<usize>,
+    /// Copy-from imports running at once; more wait in order.
+    pub max_concurrent_imports: Option<usize>,
+    /// Seconds a copy-from import may take before it is killed.
+    pub import_timeout: Option<u64>,
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
 }
@@ -156,9 +167,14 @@ pub struct Config {
     pub disk_formats: Vec<String>,
     pub container_formats: Vec<String>,
     pub remote_sources: RemoteSources,
+    pub remote_proxy: Option<String>,
     pub sweep_interval: u64,
     pub sweep_min_age: u64,
     pub sweep_orphans: SweepOrphans,
+    pub client_idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_imports: usize,
+    pub import_timeout: Duration,
     pub stores: BTreeMap<StoreName, StoreConfig>,
 }
 
@@ -282,11 +298,41 @@ impl Config {
                 "container_formats",
             )?,
             remote_sources: file.remote_sources.unwrap_or(RemoteSources::Public),
+            remote_proxy: file.remote_proxy,
             sweep_interval: file.sweep_interval.unwrap_or(3600),
             sweep_min_age: file.sweep_min_age.unwrap_or(86_400),
             sweep_orphans: file.sweep_orphans.unwrap_or(SweepOrphans::Log),
+            client_idle_timeout: Duration::from_secs(at_least_one(
+                file.client_idle_timeout,
+                60,
+                "client_idle_timeout",
+            )?),
+            max_connections: at_least_one(file.max_connections, 1024, "max_connections")?,
+            max_concurrent_imports: at_least_one(
+                file.max_concurrent_imports,
+                8,
+                "max_concurrent_imports",
+            )?,
+            import_timeout: Duration::from_secs(at_least_one(
+                file.import_timeout,
+                3600,
+                "import_timeout",
+            )?),
             stores,
         })
+    }
+}
+
+/// A limit that must be positive: its value, or the default when unset.
+fn at_least_one<T: PartialOrd + From<u8>>(
+    value: Option<T>,
+    default: T,
+    key: &str,
+) -> anyhow::Result<T> {
+    match value {
+        Some(v) if v < T::from(1) => bail!("config key `{key}`: must be at least 1"),
+        Some(v) => Ok(v),
+        None => Ok(default),
     }
 }
 
@@ -307,6 +353,12 @@ mod tests {
         assert_eq!(c.registry_path, PathBuf::from("./data/registry"));
         assert_eq!(c.limit_param_default, 25);
         assert_eq!(c.image_size_cap, 1 << 40);
+        assert_eq!(c.client_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.max_concurrent_imports, 8);
+        assert_eq!(c.import_timeout, Duration::from_secs(3600));
+        assert!(resolve("max_connections = 0").is_err());
+        assert!(resolve("client_idle_timeout = 0").is_err());
     }
 
     #[test]

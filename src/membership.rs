@@ -2,6 +2,8 @@
 //! members under the member quota, and the images shared with a member. Who may do what is
 //! decided by `access`; the HTTP layer only parses and renders.
 
+use std::collections::HashMap;
+
 use crate::access::Caller;
 use crate::catalog;
 use crate::error::{ApiError, ApiResult};
@@ -97,12 +99,38 @@ pub async fn change(
     id: &str,
     change: MemberChange,
 ) -> ApiResult<()> {
+    let image = authorize_change(state, caller, id).await?;
+    apply(state, caller, &image, change).await
+}
+
+/// The image whose members the caller may change: checked before a request body is read, so
+/// no one does work on a body for an image they cannot touch.
+pub async fn authorize_change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<StoredImage> {
     check_may_change(caller)?;
-    let image = image_for_change(state, caller, id).await?;
+    image_for_change(state, caller, id).await
+}
+
+/// The most members a replacement may name: parsing stops one past it, which the quota check
+/// then refuses (413).
+pub fn member_limit(state: &AppState) -> Option<usize> {
+    usize::try_from(state.config.image_member_quota).ok()
+}
+
+/// Applies `change` to an image [`authorize_change`] returned.
+pub async fn apply(
+    state: &AppState,
+    caller: &Caller,
+    image: &StoredImage,
+    change: MemberChange,
+) -> ApiResult<()> {
     match change {
-        MemberChange::Replace(wanted) => replace(state, &image, wanted).await,
-        MemberChange::Add(wanted) => add(state, caller, &image, wanted).await,
-        MemberChange::Remove(member) => remove(state, &image, member).await,
+        MemberChange::Replace(wanted) => replace(state, image, wanted).await,
+        MemberChange::Add(wanted) => add(state, caller, image, wanted).await,
+        MemberChange::Remove(member) => remove(state, image, member).await,
     }
 }
 
@@ -115,8 +143,11 @@ async fn replace(
     update_members(state, image, move |s| {
         let mut seq = next_seq(s);
         let mut next = Vec::with_capacity(wanted.len());
+        // Indexed once: a replacement costs linear time in both lists.
+        let old: HashMap<&str, &Membership> =
+            s.members.iter().map(|m| (m.member.as_str(), m)).collect();
         for (member, can_share) in &wanted {
-            match s.membership(member) {
+            match old.get(member.as_str()).copied() {
                 Some(old) => next.push(Membership {
                     can_share: can_share.unwrap_or(old.can_share),
                     ..old.clone()

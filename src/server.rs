@@ -2,6 +2,7 @@
 //! HTTP/1.1 with the header limits the API promises.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use stores::ownership::Claim;
 use stores::{Store, Stores};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::framing::FramingCheck;
@@ -57,8 +59,13 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         let adopt = config.stores.get(store.name()).is_some_and(|c| c.adopt());
         claim(&**store, registry.id(), adopt).await?;
     }
-    let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
-    let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
+    let own_stores = stores.iter().cloned().collect();
+    let remote = RemoteClient::new(
+        config.remote_sources,
+        config.remote_proxy.as_deref(),
+        own_stores,
+    )
+    .context("config key `remote_proxy`")?;
     let state = AppState::new(config, registry, stores, remote).await?;
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {
@@ -103,9 +110,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let maintenance = tokio::spawn(maintenance::run(state.clone()));
+    // One permit per open connection: at the limit the gateway stops accepting, and new
+    // connections wait in the listen backlog.
+    let connections = Arc::new(Semaphore::new(state.config.max_connections));
     let app = router(state);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit?,
+            () = &mut shutdown => break,
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -121,7 +135,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
+            // Glance's header spelling (`X-Image-Meta-Disk_format`, `Etag`): some clients
+            // compare names case-sensitively.
             builder
+                .title_case_headers(true)
                 .max_headers(MAX_HEADERS)
                 .header_read_timeout(Duration::from_secs(60))
                 .timer(hyper_util::rt::TokioTimer::new());
@@ -130,6 +147,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     maintenance.abort();

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use stores::{Store, StoreName, Stores};
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::protection::PropertyRules;
 use crate::registry::Registry;
 use crate::remote::RemoteClient;
+use crate::upload::Uploads;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -20,6 +22,10 @@ pub struct AppState {
     pub registry: Registry,
     pub stores: Arc<Stores>,
     pub remote: RemoteClient,
+    /// Permits for copy-from imports (`max_concurrent_imports`); waiters are served in order.
+    pub imports: Arc<Semaphore>,
+    /// Uploads in flight, counted against the storage quota.
+    pub uploads: Arc<Uploads>,
 }
 
 impl AppState {
@@ -34,6 +40,8 @@ impl AppState {
             .await
             .context("config key `property_protection_file`")?;
         Ok(Self {
+            imports: Arc::new(Semaphore::new(config.max_concurrent_imports)),
+            uploads: Arc::default(),
             config: Arc::new(config),
             property_rules: Arc::new(property_rules),
             registry,
@@ -58,4 +66,21 @@ impl AppState {
             .cloned()
             .ok_or_else(|| ApiError::bad_request(format!("Store for scheme {name} not found")))
     }
+}
+
+/// A state over `dir` with the default configuration and no store, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_state(dir: &std::path::Path) -> AppState {
+    use crate::config::{ConfigFile, Overrides};
+    let overrides = Overrides {
+        data_dir: Some(dir.to_owned()),
+        ..Overrides::default()
+    };
+    let mut config = Config::resolve(ConfigFile::default(), overrides).unwrap();
+    config.user_storage_quota = 1000;
+    let registry = Registry::open(&dir.join("registry")).unwrap();
+    let remote = RemoteClient::new(config.remote_sources, None, vec![]).unwrap();
+    AppState::new(config, registry, Stores::new(), remote)
+        .await
+        .unwrap()
 }

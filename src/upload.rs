@@ -3,15 +3,88 @@
 //! size and checksum → active. Any failure kills the image and removes partial data; an
 //! `UploadGuard` does the same when the request future is dropped (client disconnect).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use futures::TryStreamExt;
 use stores::{put_digested, ByteStream, ObjectKey, PutError, Store, Stored};
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
 use crate::registry::{Registry, StoredImage};
 use crate::state::AppState;
+
+/// Uploads running in this gateway, for the storage quota: each counts as its declared size or
+/// the bytes it sent so far, whichever is larger, until it ends. Activations under a quota take
+/// turns, so two uploads cannot both fit into the same remaining bytes.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    running: std::sync::Mutex<HashMap<ImageId, Running>>,
+    activation: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Running {
+    owner: Option<String>,
+    declared: u64,
+    sent: Arc<AtomicU64>,
+}
+
+impl Uploads {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ImageId, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers an upload; it counts until the returned entry is dropped.
+    fn begin(self: &Arc<Self>, id: &ImageId, owner: Option<String>, declared: u64) -> InFlight {
+        let sent = Arc::new(AtomicU64::new(0));
+        let running = Running {
+            owner,
+            declared,
+            sent: Arc::clone(&sent),
+        };
+        self.running().insert(id.clone(), running);
+        InFlight {
+            uploads: Arc::clone(self),
+            id: id.clone(),
+            sent,
+        }
+    }
+
+    /// Bytes the owner's other running uploads hold (saturating).
+    fn usage(&self, owner: Option<&str>, except: &ImageId) -> u64 {
+        self.running()
+            .iter()
+            .filter(|(id, r)| *id != except && r.owner.as_deref() == owner)
+            .map(|(_, r)| r.declared.max(r.sent.load(Ordering::Relaxed)))
+            .fold(0u64, u64::saturating_add)
+    }
+}
+
+/// A running upload's place in [`Uploads`].
+struct InFlight {
+    uploads: Arc<Uploads>,
+    id: ImageId,
+    sent: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    /// The body, counting its bytes as they pass.
+    fn count(&self, body: ByteStream) -> ByteStream {
+        let sent = Arc::clone(&self.sent);
+        Box::pin(body.inspect_ok(move |bytes| {
+            sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.uploads.running().remove(&self.id);
+    }
+}
 
 /// Kills the image and removes its partial data unless disarmed; runs on drop so a cancelled
 /// upload (the handler future dropped mid-body) is cleaned up too.
@@ -104,7 +177,8 @@ pub async fn kill(registry: &Registry, id: &ImageId, from: ImageStatus) -> ApiRe
 }
 
 /// Bytes the owner may still store under `user_storage_quota` (`u64::MAX` when unlimited).
-/// Usage counts the owner's live images with data, except `except`.
+/// Usage counts the owner's live images with data and its other uploads in flight, except
+/// `except`; sums saturate, so no size can wrap the total.
 pub async fn remaining_quota(
     state: &AppState,
     owner: Option<&str>,
@@ -114,7 +188,16 @@ pub async fn remaining_quota(
     if quota == 0 {
         return Ok(u64::MAX);
     }
-    let used: u64 = state
+    let used = stored_usage(state, owner, except)
+        .await?
+        .saturating_add(state.uploads.usage(owner, except));
+    Ok(quota.saturating_sub(used))
+}
+
+/// The owner's images holding data, except `except`; uploads still saving count through
+/// [`Uploads`] instead.
+async fn stored_usage(state: &AppState, owner: Option<&str>, except: &ImageId) -> ApiResult<u64> {
+    Ok(state
         .registry
         .all()
         .await?
@@ -125,13 +208,14 @@ pub async fn remaining_quota(
                 && &r.id != except
                 && !matches!(
                     r.status,
-                    ImageStatus::Killed | ImageStatus::Deleted | ImageStatus::PendingDelete
+                    ImageStatus::Killed
+                        | ImageStatus::Deleted
+                        | ImageStatus::PendingDelete
+                        | ImageStatus::Saving
                 )
-                && r.size > 0
         })
         .map(|r| r.size)
-        .sum();
-    Ok(quota.saturating_sub(used))
+        .fold(0u64, u64::saturating_add))
 }
 
 fn quota_exceeded(remaining: u64) -> ApiError {
@@ -165,6 +249,18 @@ pub async fn upload(
     let guard = UploadGuard::arm(state, &store, id, &location.key);
     let expected_size = (saving.size > 0).then_some(saving.size);
     let size_hint = expected_size.or(content_length);
+    let in_flight = state
+        .uploads
+        .begin(id, saving.owner.clone(), size_hint.unwrap_or(0));
+    let body = in_flight.count(body);
+    let cap = state.config.image_size_cap;
+    if size_hint.is_some_and(|len| len > cap) {
+        // Only a remote source's announced length gets here: a client's is refused up front.
+        guard.fail().await;
+        return Err(ApiError::too_large(format!(
+            "Image exceeds the size limit of {cap} bytes"
+        )));
+    }
     let remaining = match check_quota(state, &saving, size_hint).await {
         Ok(remaining) => remaining,
         Err(e) => {
@@ -184,9 +280,10 @@ pub async fn upload(
     let md5 = stored.md5_hex();
     let verified = verify(&saving, expected_size, stored.size, &md5);
     let activated = match verified {
-        Ok(()) => activate(&state.registry, id, stored.size, md5).await,
+        Ok(()) => activate(state, &saving, stored.size, md5).await,
         Err(e) => Err(e),
     };
+    drop(in_flight);
     match activated {
         Ok(record) => {
             guard.disarm();
@@ -295,14 +392,28 @@ fn verify(saving: &ImageRecord, expected_size: Option<u64>, size: u64, md5: &str
 }
 
 /// saving → active with the stored size and checksum; an image deleted meanwhile stays deleted.
+/// Under a storage quota the owner's usage is checked again first, activations taking turns,
+/// so uploads that ran side by side cannot together exceed it.
 async fn activate(
-    registry: &Registry,
-    id: &ImageId,
+    state: &AppState,
+    saving: &ImageRecord,
     size: u64,
     md5: String,
 ) -> ApiResult<ImageRecord> {
-    let activated = registry
-        .update::<ApiError, _>(id, move |s| {
+    let quota = state.config.user_storage_quota;
+    let _turn = match quota {
+        0 => None,
+        _ => Some(state.uploads.activation.lock().await),
+    };
+    if quota > 0 {
+        let used = stored_usage(state, saving.owner.as_deref(), &saving.id).await?;
+        if used.checked_add(size).is_none_or(|total| total > quota) {
+            return Err(quota_exceeded(quota.saturating_sub(used)));
+        }
+    }
+    let activated = state
+        .registry
+        .update::<ApiError, _>(&saving.id, move |s| {
             if s.record.status != ImageStatus::Saving {
                 return Err(deleted_while_uploading());
             }
@@ -342,4 +453,56 @@ pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
         recovered += 1;
     }
     Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_state;
+
+    async fn stored(state: &AppState, owner: &str, status: ImageStatus, size: u64) -> ImageId {
+        let mut record = ImageRecord::new(ImageId::random(), Timestamp::now());
+        record.owner = Some(owner.into());
+        record.status = status;
+        record.size = size;
+        state.registry.insert_new(record).await.unwrap().id
+    }
+
+    #[tokio::test]
+    async fn usage_sums_saturate_instead_of_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path()).await; // quota 1000 bytes
+                                                  // Two images of 2^63 bytes would wrap a plain sum to 0 and free the whole quota.
+        stored(&state, "t1", ImageStatus::Active, 1 << 63).await;
+        stored(&state, "t1", ImageStatus::Active, 1 << 63).await;
+        let new = ImageId::random();
+        assert_eq!(remaining_quota(&state, Some("t1"), &new).await.unwrap(), 0);
+        assert_eq!(
+            remaining_quota(&state, Some("t2"), &new).await.unwrap(),
+            1000
+        );
+    }
+
+    #[tokio::test]
+    async fn uploads_in_flight_count_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path()).await;
+        let (a, b) = (ImageId::random(), ImageId::random());
+        let declared = state.uploads.begin(&a, Some("t1".into()), 300);
+        let chunked = state.uploads.begin(&b, Some("t1".into()), 0);
+        chunked.sent.fetch_add(450, Ordering::Relaxed);
+        let other = ImageId::random();
+        assert_eq!(
+            remaining_quota(&state, Some("t1"), &other).await.unwrap(),
+            250
+        );
+        // An upload does not count against itself.
+        assert_eq!(remaining_quota(&state, Some("t1"), &a).await.unwrap(), 550);
+        drop(declared);
+        drop(chunked);
+        assert_eq!(
+            remaining_quota(&state, Some("t1"), &other).await.unwrap(),
+            1000
+        );
+    }
 }

@@ -13,6 +13,8 @@ mod create;
 mod failures;
 #[path = "api/identity.rs"]
 mod identity;
+#[path = "api/limits.rs"]
+mod limits;
 #[path = "api/listing.rs"]
 mod listing;
 #[path = "api/members.rs"]
@@ -35,3 +37,5 @@ mod swift;
 mod update_delete;
 #[path = "api/versions.rs"]
 mod versions;
+#[path = "api/wire.rs"]
+mod wire;

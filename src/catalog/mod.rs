@@ -168,18 +168,7 @@ fn check_update(
         return Err(ApiError::forbidden("Forbidden to update deleted image."));
     }
     let patch = &req.patch;
-    let active = matches!(
-        current.status,
-        ImageStatus::Active | ImageStatus::Deactivated
-    );
-    if !caller.is_admin && active {
-        let new_checksum = patch.checksum.as_ref();
-        forbid_change(patch.size.is_some_and(|s| s != current.size), "size")?;
-        forbid_change(
-            new_checksum.is_some_and(|c| *c != current.checksum),
-            "checksum",
-        )?;
-    }
+    check_active_fields(caller, current, patch)?;
     let new_status = patch.status.as_deref();
     if new_status.is_some_and(|s| s != current.status.as_str()) {
         return Err(ApiError::forbidden(
@@ -200,6 +189,23 @@ fn check_update(
         return Err(ApiError::bad_request(
             "Attempted to update Location field for an image not in queued status.",
         ));
+    }
+    Ok(())
+}
+
+/// Non-admins may not change the size or checksum of an active (or deactivated) image.
+fn check_active_fields(caller: &Caller, current: &ImageRecord, patch: &MetaPatch) -> ApiResult<()> {
+    let active = matches!(
+        current.status,
+        ImageStatus::Active | ImageStatus::Deactivated
+    );
+    if !caller.is_admin && active {
+        let new_checksum = patch.checksum.as_ref();
+        forbid_change(patch.size.is_some_and(|s| s != current.size), "size")?;
+        forbid_change(
+            new_checksum.is_some_and(|c| *c != current.checksum),
+            "checksum",
+        )?;
     }
     Ok(())
 }
@@ -238,6 +244,9 @@ async fn apply_update(
             if s.record.status.is_deleted() {
                 return Err(ApiError::forbidden("Forbidden to update deleted image."));
             }
+            // Again on the record being written: an upload may have activated it since the
+            // request's first check.
+            check_active_fields(&caller, &s.record, &patch)?;
             apply_patch(&mut s.record, &patch, &caller, purge);
             s.record.updated_at = Timestamp::now();
             Ok(())
@@ -334,5 +343,60 @@ pub async fn delete_data(state: &AppState, location: &StoredLocation) -> ApiResu
         Ok(()) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_state;
+
+    /// The check runs inside the atomic update, on the record as it is then: an image an upload
+    /// activated after the request's first check is protected all the same.
+    #[tokio::test]
+    async fn size_and_checksum_of_an_active_image_are_checked_in_the_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path()).await;
+        let mut record = ImageRecord::new(ImageId::random(), Timestamp::now());
+        record.owner = Some("t1".into());
+        record.status = ImageStatus::Active;
+        record.size = 10;
+        record.checksum = Some("0123456789abcdef0123456789abcdef".into());
+        let id = state.registry.insert_new(record).await.unwrap().id;
+        let owner = Caller {
+            tenant: Some("t1".into()),
+            user: None,
+            roles: vec![],
+            is_admin: false,
+            read_only: false,
+            owner: Some("t1".into()),
+        };
+        let patch = MetaPatch {
+            size: Some(5),
+            ..MetaPatch::default()
+        };
+        let e = apply_update(&state, &owner, &id, &patch, false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::FORBIDDEN);
+        let patch = MetaPatch {
+            checksum: Some(None),
+            ..MetaPatch::default()
+        };
+        assert!(apply_update(&state, &owner, &id, &patch, false)
+            .await
+            .is_err());
+        let admin = Caller {
+            is_admin: true,
+            ..owner
+        };
+        let patch = MetaPatch {
+            size: Some(5),
+            ..MetaPatch::default()
+        };
+        let updated = apply_update(&state, &admin, &id, &patch, false)
+            .await
+            .unwrap();
+        assert_eq!(updated.size, 5);
     }
 }

@@ -62,8 +62,20 @@ impl Sources {
         self.location.is_some() || self.copy_from.is_some()
     }
 
-    /// The size of the first external source, when it reports one; a missing object is 404.
+    /// The size of the first external source, when it reports one; a missing object is 404,
+    /// one larger than `image_size_cap` 400.
     pub(super) async fn probe_size(&self, state: &AppState) -> ApiResult<Option<u64>> {
+        let size = self.reported_size(state).await?;
+        let cap = state.config.image_size_cap;
+        if size.is_some_and(|s| s > cap) {
+            return Err(ApiError::bad_request(format!(
+                "Denying attempt to upload image larger than {cap} bytes."
+            )));
+        }
+        Ok(size)
+    }
+
+    async fn reported_size(&self, state: &AppState) -> ApiResult<Option<u64>> {
         match (&self.location, &self.copy_from) {
             (Some(LocationSource::Remote(url)), _) | (None, Some(url)) => {
                 state.remote.probe_size(url).await
@@ -90,7 +102,20 @@ fn location_source(state: &AppState, caller: &Caller, text: &str) -> ApiResult<L
         }
         return Ok(LocationSource::Registered { store, object });
     }
+    // The URL is parsed before any policy applies, so a malformed one reads the same whatever
+    // `remote_sources` says.
+    if !text.is_empty() && is_malformed(text) {
+        return Err(ApiError::bad_request("Invalid location"));
+    }
     state.remote.validate(text).map(LocationSource::Remote)
+}
+
+/// Not a URL at all, or an `http(s)` URL without a host.
+fn is_malformed(text: &str) -> bool {
+    match Url::parse(text) {
+        Ok(url) => matches!(url.scheme(), "http" | "https") && url.host().is_none(),
+        Err(_) => true,
+    }
 }
 
 /// Attaches the data of a queued image: the body, an external location, or a copy source.
@@ -200,18 +225,38 @@ fn agreed_size(supplied: Option<u64>, remote: Option<u64>) -> ApiResult<u64> {
     Ok(supplied.or(remote).unwrap_or(0))
 }
 
-/// Copy-from: fetch the URL and run the upload pipeline; the client polls for the outcome.
+/// Copy-from: fetch the URL and run the upload pipeline; the client polls for the outcome. At
+/// most `max_concurrent_imports` run at once (the others wait, queued, in order), each within
+/// `import_timeout` or the image is killed.
 async fn copy_in_background(state: AppState, id: ImageId, url: Url, store: Arc<dyn Store>) {
-    let outcome = match state.remote.open(&url).await {
-        Ok((body, len)) => upload::upload(&state, &id, store, body, len)
+    let Ok(_permit) = Arc::clone(&state.imports).acquire_owned().await else {
+        return;
+    };
+    let limit = state.config.import_timeout;
+    let outcome = match tokio::time::timeout(limit, copy(&state, &id, &url, store)).await {
+        Ok(outcome) => outcome,
+        // Dropping the upload cleaned its partial data and killed the image if it was saving;
+        // an import still waiting for the remote leaves the image queued.
+        Err(_) => upload::kill(&state.registry, &id, ImageStatus::Queued)
             .await
-            .map(|_| ()),
-        Err(e) => upload::kill(&state.registry, &id, ImageStatus::Queued)
-            .await
-            .and(Err(e)),
+            .and(Err(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!("the import took longer than {} s", limit.as_secs()),
+            ))),
     };
     match outcome {
         Ok(()) => tracing::info!(image = %id, "copy from external source finished"),
         Err(e) => tracing::warn!(image = %id, error = %e, "copy from external source failed"),
+    }
+}
+
+async fn copy(state: &AppState, id: &ImageId, url: &Url, store: Arc<dyn Store>) -> ApiResult<()> {
+    match state.remote.open(url).await {
+        Ok((body, len)) => upload::upload(state, id, store, body, len)
+            .await
+            .map(|_| ()),
+        Err(e) => upload::kill(&state.registry, id, ImageStatus::Queued)
+            .await
+            .and(Err(e)),
     }
 }

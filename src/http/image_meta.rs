@@ -74,14 +74,20 @@ pub fn parse_u64(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
+/// Glance's `InvalidParameterValue` wording, which clients show as is.
 fn parse_int_field(field: &str, value: &str) -> Result<u64, MetaError> {
+    let invalid = |extra: String| {
+        MetaError(format!(
+            "Invalid value '{value}' for parameter {field}: {extra}"
+        ))
+    };
     if let Some(rest) = value.strip_prefix('-') {
         if parse_u64(rest).is_some() {
-            return err("Cannot be a negative value.");
+            return Err(invalid("Cannot be a negative value.".to_owned()));
         }
     }
     parse_u64(value).ok_or_else(|| {
-        MetaError(format!(
+        invalid(format!(
             "Cannot convert image {field} '{value}' to an integer."
         ))
     })
@@ -172,8 +178,10 @@ pub fn decode(headers: &HeaderMap) -> Result<MetaPatch, MetaError> {
         let value = unquote(value);
         let value = value.as_ref();
         if let Some(key) = lower.strip_prefix(PROPERTY_PREFIX) {
-            let key = unquote(key).replace('-', "_");
-            if key.is_empty() || key.chars().count() > 255 {
+            // The canonical key: decoded first, then lower-cased, so that no spelling
+            // (`%58_owner` for `x_owner`) slips past a protection rule on the stored key.
+            let key = unquote(key).to_lowercase().replace('-', "_");
+            if key.is_empty() || key.chars().count() > 255 || key.chars().any(char::is_control) {
                 return err(format!("Bad header: {lower}"));
             }
             check_text("A property key", &key)?;
@@ -352,6 +360,24 @@ mod tests {
     }
 
     #[test]
+    fn property_keys_are_canonical_after_decoding() {
+        let p = decode_pairs(&[("x-image-meta-property-%58_owner_a", "x")]).unwrap();
+        assert_eq!(p.properties["x_owner_a"], Some("x".into()));
+        let p = decode_pairs(&[("x-image-meta-property-%C3%89t%C3%A9", "x")]).unwrap();
+        assert_eq!(p.properties["\u{e9}t\u{e9}"], Some("x".into()));
+        for bad in ["a%0Ab", "%00", "a%09b", "%7F"] {
+            let name = format!("x-image-meta-property-{bad}");
+            assert!(decode_pairs(&[(&name, "x")]).is_err(), "{bad}");
+        }
+        // Two spellings of one key are one key.
+        assert!(decode_pairs(&[
+            ("x-image-meta-property-%58_a", "1"),
+            ("x-image-meta-property-x_a", "2")
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn dashes_and_underscores_name_the_same_field() {
         let p = decode_pairs(&[
             ("X-Image-Meta-Disk-Format", "raw"),
@@ -402,7 +428,15 @@ mod tests {
             assert!(e.0.contains("Cannot convert image size"), "{bad:?}: {e}");
         }
         let e = decode_pairs(&[("x-image-meta-min_ram", "-1")]).unwrap_err();
-        assert_eq!(e.0, "Cannot be a negative value.");
+        assert_eq!(
+            e.0,
+            "Invalid value '-1' for parameter min_ram: Cannot be a negative value."
+        );
+        let e = decode_pairs(&[("x-image-meta-size", "abc")]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "Invalid value 'abc' for parameter size: Cannot convert image size 'abc' to an integer."
+        );
         let e = decode_pairs(&[("x-image-meta-min_disk", "2147483648")]).unwrap_err();
         assert!(e.0.contains("2147483647"));
         let p = decode_pairs(&[("x-image-meta-virtual_size", "None")]).unwrap();

@@ -3,6 +3,8 @@
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
@@ -87,8 +89,9 @@ fn truthy(v: &Value) -> ApiResult<bool> {
 }
 
 /// `{"memberships": [{"member_id": ..., "can_share": ...}, ...]}`; a member named twice is
-/// one entry, the later `can_share` winning.
-fn parse_memberships(body: Option<Value>) -> ApiResult<Vec<WantedMember>> {
+/// one entry, the later `can_share` winning. Linear time; reading stops at the first member past
+/// `limit`, which the member quota then refuses.
+fn parse_memberships(body: Option<Value>, limit: Option<usize>) -> ApiResult<Vec<WantedMember>> {
     let invalid = || ApiError::bad_request("Invalid membership association");
     let entries = body
         .as_ref()
@@ -101,6 +104,7 @@ fn parse_memberships(body: Option<Value>) -> ApiResult<Vec<WantedMember>> {
             )
         })?;
     let mut wanted: Vec<WantedMember> = vec![];
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for entry in entries {
         let member = entry
             .get("member_id")
@@ -108,9 +112,15 @@ fn parse_memberships(body: Option<Value>) -> ApiResult<Vec<WantedMember>> {
             .ok_or_else(invalid)?;
         check_member_id(member)?;
         let can_share = entry.get("can_share").map(truthy).transpose()?;
-        match wanted.iter_mut().find(|(m, _)| m == member) {
-            Some(existing) => existing.1 = can_share.or(existing.1),
-            None => wanted.push((member.to_owned(), can_share)),
+        match index.get(member) {
+            Some(&i) => wanted[i].1 = can_share.or(wanted[i].1),
+            None => {
+                index.insert(member, wanted.len());
+                wanted.push((member.to_owned(), can_share));
+                if limit.is_some_and(|l| wanted.len() > l) {
+                    break;
+                }
+            }
         }
     }
     Ok(wanted)
@@ -129,10 +139,12 @@ pub async fn list(ctx: &Ctx, id: &str) -> ApiResult<Response> {
 }
 
 pub async fn replace(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
-    membership::check_may_change(&ctx.caller)?;
-    let wanted = parse_memberships(read_json(body).await?)?;
+    // The caller and the image are checked before any work is done on the body.
+    let image = membership::authorize_change(&ctx.state, &ctx.caller, id).await?;
+    let limit = membership::member_limit(&ctx.state);
+    let wanted = parse_memberships(read_json(body).await?, limit)?;
     let change = MemberChange::Replace(wanted);
-    membership::change(&ctx.state, &ctx.caller, id, change).await?;
+    membership::apply(&ctx.state, &ctx.caller, &image, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

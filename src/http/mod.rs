@@ -8,13 +8,16 @@ mod members;
 mod range;
 pub mod views;
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -219,10 +222,26 @@ async fn serve_v1(state: AppState, request: Request, path: &str) -> Response {
         query: parts.uri.query().map(str::to_owned),
     };
     let endpoint = endpoint(path);
+    let idle = Arc::new(AtomicBool::new(false));
+    let body = cut_when_idle(
+        body,
+        ctx.state.config.client_idle_timeout,
+        Arc::clone(&idle),
+    );
     let mut response = route(ctx, endpoint, body)
         .instrument(span.clone())
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    if idle.load(Ordering::Relaxed) {
+        // Whatever the handler made of its failed body, the client gets 408 and the connection
+        // is closed: the rest of the body is never read.
+        response = ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body sent nothing for too long.",
+        )
+        .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+        .into_response();
+    }
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
@@ -234,6 +253,31 @@ async fn serve_v1(state: AppState, request: Request, path: &str) -> Response {
         response.headers_mut().insert(REQUEST_ID.clone(), v);
     }
     strip_head_body(response, is_head)
+}
+
+/// A request body that fails once no byte has come for `idle`; `fired` records that it did.
+fn cut_when_idle(body: Body, idle: Duration, fired: Arc<AtomicBool>) -> Body {
+    let frames = body.into_data_stream();
+    let stream = futures::stream::unfold(Some(frames), move |frames| {
+        let fired = Arc::clone(&fired);
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(frames))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    fired.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body sent nothing for too long",
+                    );
+                    Some((Err(e), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// HEAD responses carry headers only (errors included).

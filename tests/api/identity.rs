@@ -502,3 +502,48 @@ async fn head_errors_have_no_body() {
     assert_eq!(resp.header("allow"), Some("GET"));
     assert!(resp.body.is_empty());
 }
+
+#[tokio::test]
+async fn aliases_with_different_values_are_400() {
+    let app = TestApp::builder().trusted_headers().spawn().await;
+    let id = app
+        .create_image_as(
+            Some(&Who::tenant("a")),
+            &[("x-image-meta-name", "a's")],
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/images/{id}");
+    let conflicts: &[&[(&str, &str)]] = &[
+        &[("x-tenant-id", "b"), ("x-project-id", "a")],
+        &[("x-tenant-id", "b"), ("x-tenant", "a")],
+        &[("x-project-id", "b"), ("x-tenant", "a")],
+        &[("x-tenant-id", "a"), ("x-user-id", "u"), ("x-user", "v")],
+    ];
+    for headers in conflicts {
+        let mut req = app
+            .get(&path)
+            .header("x-identity-status", "Confirmed")
+            .header("x-roles", "member");
+        for (n, v) in *headers {
+            req = req.header(*n, *v);
+        }
+        let (code, body) = send(req).await;
+        assert_eq!(code, 400, "{headers:?}: {body}");
+        assert!(body.contains("Conflicting identity headers"), "{body}");
+    }
+    // Aliases that agree are one identity.
+    let (code, _) = send(
+        app.head(&path)
+            .header("x-identity-status", "Confirmed")
+            .header("x-tenant-id", "a")
+            .header("x-project-id", "a")
+            .header("x-user-id", "u-a")
+            .header("x-user", "u-a"),
+    )
+    .await;
+    assert_eq!(code, 200);
+}

@@ -511,3 +511,101 @@ async fn can_share_words_and_shared_images_head() {
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.bytes().await.unwrap().is_empty());
 }
+
+/// `{"memberships": [...]}` naming `count` distinct members (each `m-<i>`).
+fn many_members(count: usize) -> String {
+    let entries: Vec<String> = (0..count)
+        .map(|i| format!(r#"{{"member_id":"m-{i}","can_share":false}}"#))
+        .collect();
+    format!(r#"{{"memberships":[{}]}}"#, entries.join(","))
+}
+
+#[tokio::test]
+async fn replacement_checks_the_caller_and_image_before_the_body() {
+    let Setup { app, owner, id } = setup().await;
+    let stranger = Who::tenant("stranger");
+    // Someone who cannot change the members gets 404 whatever the body holds.
+    for body in ["not json", "{}", &many_members(2000)] {
+        let (code, _) = send(
+            app.put(&format!("/v1/images/{id}/members"))
+                .who(&stranger)
+                .body(body.to_owned()),
+        )
+        .await;
+        assert_eq!(code, 404, "{body:.20}");
+    }
+    let (code, _) = send(
+        app.put("/v1/images/00000000-0000-4000-8000-000000000000/members")
+            .who(&owner)
+            .body("not json"),
+    )
+    .await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn replacement_stops_one_past_the_quota_and_dedups_in_linear_time() {
+    let app = TestApp::builder()
+        .trusted_headers()
+        .image_member_quota(5)
+        .spawn()
+        .await;
+    let owner = Who::tenant("owner");
+    let id = app
+        .create_image_as(Some(&owner), &[("x-image-meta-name", "q")], None)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/images/{id}/members");
+    let (code, body) = send(app.put(&path).who(&owner).body(many_members(6))).await;
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("Attempted: 6, Maximum: 5"), "{body}");
+    // Duplicates are one member each: five members named many times fit.
+    let mut entries = vec![];
+    for round in 0..2000 {
+        for i in 0..5 {
+            entries.push(format!(
+                r#"{{"member_id":"m-{i}","can_share":{}}}"#,
+                round % 2 == 0
+            ));
+        }
+    }
+    let body = format!(r#"{{"memberships":[{}]}}"#, entries.join(","));
+    let (code, text) = send(app.put(&path).who(&owner).body(body)).await;
+    assert_eq!(code, 204, "{text}");
+    let listed = json(app.get(&path).who(&owner).send().await.unwrap()).await;
+    assert_eq!(listed["members"].as_array().unwrap().len(), 5);
+    // The later can_share wins (the last round is odd: false).
+    assert_eq!(listed["members"][0]["can_share"], false);
+
+    // A body just under 1 MiB of 20,000 distinct members answers 413 at once under the default
+    // quota, and is stored whole with no quota.
+    let huge = many_members(20_000);
+    for (quota, want) in [(128, 413), (-1, 204)] {
+        let app = TestApp::builder()
+            .trusted_headers()
+            .image_member_quota(quota)
+            .spawn()
+            .await;
+        let id = app
+            .create_image_as(Some(&owner), &[("x-image-meta-name", "big")], None)
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let started = std::time::Instant::now();
+        let (code, text) = send(
+            app.put(&format!("/v1/images/{id}/members"))
+                .who(&owner)
+                .body(huge.clone()),
+        )
+        .await;
+        let took = started.elapsed();
+        assert_eq!(code, want, "{quota}: {text}");
+        // Reading stops at member 129; the whole quadratic scan took seconds.
+        if quota >= 0 {
+            assert!(took.as_secs_f64() < 1.5, "took {took:?}");
+        }
+    }
+}

@@ -180,3 +180,56 @@ async fn update_and_delete_need_their_roles() {
         Some("42")
     );
 }
+
+#[tokio::test]
+async fn percent_encoded_or_upper_case_keys_meet_the_same_rules() {
+    let app = app().await;
+    let id = app
+        .create_image_as(
+            Some(&Who::tenant("t1")),
+            &[("x-image-meta-name", "p")],
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // `%58` is `X`: decoded and lower-cased, the key is `x_secret_a`, which only admins create.
+    for name in [
+        "x-image-meta-property-%58_secret_a",
+        "x-image-meta-property-%78_secret_a",
+        "x-image-meta-property-x%5Fsecret%5Fa",
+    ] {
+        let (code, body) = send(
+            app.post("/v1/images")
+                .who(&Who::tenant("t1"))
+                .header(name, "1"),
+        )
+        .await;
+        assert_eq!(code, 403, "{name}: {body}");
+        let (code, body) = send(
+            app.put(&format!("/v1/images/{id}"))
+                .who(&Who::tenant("t1"))
+                .header(name, "1"),
+        )
+        .await;
+        assert_eq!(code, 403, "{name}: {body}");
+    }
+    // A control character in a key is refused.
+    let (code, _) = send(
+        app.post("/v1/images")
+            .who(&Who::tenant("t1"))
+            .header("x-image-meta-property-a%0Ab", "1"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    // An admin's encoded key is stored under its canonical spelling.
+    let img = app
+        .create_image_as(
+            Some(&Who::admin("t1")),
+            &[("x-image-meta-property-%58_SECRET_b", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(img["properties"]["x_secret_b"], "1");
+}

@@ -200,3 +200,81 @@ async fn negative_quotas_are_unlimited() {
     );
     assert_eq!(status(app.put(&format!("{path}/one-more"))).await, 204);
 }
+
+#[tokio::test]
+async fn parallel_chunked_uploads_cannot_together_exceed_the_quota() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::builder()
+        .trusted_headers()
+        .user_storage_quota("1000")
+        .spawn()
+        .await;
+    let mut streams = vec![];
+    for _ in 0..3 {
+        let mut stream = app.connect().await;
+        let head = format!(
+            "POST /v1/images HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             X-Identity-Status: Confirmed\r\nX-Tenant-Id: t1\r\nX-Roles: member\r\n\
+             x-image-meta-disk_format: raw\r\nx-image-meta-container_format: bare\r\n\
+             Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+             258\r\n",
+            app.addr
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[1u8; 600]).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+        streams.push(stream);
+    }
+    // All three are under way before any ends.
+    for _ in 0..200 {
+        let all = app.state().registry.all().await.unwrap();
+        if all.len() == 3 && all.iter().all(|s| s.record.status.as_str() != "queued") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut codes = vec![];
+    for mut stream in streams {
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        codes.push(read_response(&mut stream).await.status);
+    }
+    codes.sort();
+    assert_eq!(codes, vec![201, 413, 413]);
+    let all = app.state().registry.all().await.unwrap();
+    let active = all
+        .iter()
+        .filter(|s| s.record.status.as_str() == "active")
+        .count();
+    assert_eq!(active, 1);
+    app.wait_for_no_tmp_files().await;
+}
+
+#[tokio::test]
+async fn remote_sources_larger_than_the_size_cap_are_refused() {
+    use axum::routing::get;
+    let origin = {
+        let app = axum::Router::new().route("/data", get(|| async { pattern(1000) }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    };
+    let app = TestApp::builder()
+        .remote_sources(glance_gateway::config::RemoteSources::Any)
+        .image_size_cap(500)
+        .spawn()
+        .await;
+    let url = format!("http://{origin}/data");
+    for header in ["x-image-meta-location", "x-glance-api-copy-from"] {
+        let (code, body) = send(
+            app.post("/v1/images")
+                .header("x-image-meta-disk_format", "raw")
+                .header("x-image-meta-container_format", "bare")
+                .header(header, url.as_str()),
+        )
+        .await;
+        assert_eq!(code, 400, "{header}: {body}");
+        assert!(body.contains("larger than 500 bytes"), "{body}");
+    }
+    assert!(app.state().registry.all().await.unwrap().is_empty());
+}

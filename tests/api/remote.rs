@@ -250,3 +250,84 @@ async fn the_default_policy_refuses_internal_addresses() {
     let (code, _) = send(off.post("/v1/images").headers(meta_headers(&meta))).await;
     assert_eq!(code, 400);
 }
+
+/// The gateway binary with `HTTP_PROXY` / `HTTPS_PROXY` pointing at nothing still fetches remote
+/// sources directly: the proxy variables of its environment are ignored.
+#[tokio::test]
+async fn proxy_variables_of_the_environment_are_ignored() {
+    let origin = file_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "remote_sources = \"any\"\n").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_glance-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if client.get(format!("{base}/versions")).send().await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the gateway did not start");
+    let resp = client
+        .post(format!("{base}/v1/images"))
+        .header("x-image-meta-disk_format", "raw")
+        .header("x-image-meta-container_format", "bare")
+        .header("x-image-meta-location", format!("http://{origin}/data"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    // A source that cannot be reached is logged by host, never with its URL's path or query.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (code, _) = send(
+        client
+            .post(format!("{base}/v1/images"))
+            .header("x-image-meta-disk_format", "raw")
+            .header("x-image-meta-container_format", "bare")
+            .header(
+                "x-image-meta-location",
+                format!("http://127.0.0.1:{closed}/img?token=hunter2"),
+            ),
+    )
+    .await;
+    let _ = child.start_kill();
+    let output = child.wait_with_output().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let image: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(image["image"]["size"], SIZE);
+    assert_eq!(code, 400);
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("remote source unreachable"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}

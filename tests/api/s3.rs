@@ -1029,4 +1029,31 @@ async fn s3_delete_succeeds_without_the_list_uploads_permission() {
     proxy.refuse(false);
     glance_gateway::maintenance::sweep(app.state()).await;
     assert_eq!(bucket.uploads().await, Vec::<String>::new());
+#[tokio::test]
+async fn s3_endpoint_is_no_remote_source_whatever_its_spelling() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "own-endpoint");
+    let app = TestApp::builder()
+        .store("s3", bucket.store())
+        .remote_sources(glance_gateway::config::RemoteSources::Any)
+        .spawn()
+        .await;
+    let port = reqwest::Url::parse(&env.endpoint)
+        .unwrap()
+        .port_or_known_default()
+        .unwrap();
+    for host in ["localhost", "[::ffff:127.0.0.1]", "0.0.0.0", "127.0.0.1"] {
+        let url = format!("http://{host}:{port}/{}/{}", env.bucket, bucket.key("x"));
+        for header in ["x-glance-api-copy-from", "x-image-meta-location"] {
+            let (code, body) = send(
+                app.post("/v1/images")
+                    .header("x-image-meta-disk_format", "raw")
+                    .header("x-image-meta-container_format", "bare")
+                    .header(header, url.as_str()),
+            )
+            .await;
+            assert_eq!(code, 400, "{header} {url}: {body}");
+            assert!(body.contains("not supported"), "{body}");
+        }
+    }
 }

@@ -56,6 +56,10 @@ pub struct TestAppBuilder {
     remote_sources: Option<RemoteSources>,
     sweep_min_age: Option<u64>,
     sweep_orphans: Option<SweepOrphans>,
+    client_idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    max_concurrent_imports: Option<usize>,
+    import_timeout: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -138,6 +142,19 @@ impl TestAppBuilder {
         self.sweep_orphans = Some(v);
         self
     }
+    pub fn client_idle_timeout(mut self, secs: u64) -> Self {
+        self.client_idle_timeout = Some(secs);
+        self
+    }
+    pub fn max_connections(mut self, v: usize) -> Self {
+        self.max_connections = Some(v);
+        self
+    }
+    pub fn imports(mut self, max_concurrent: usize, timeout_secs: u64) -> Self {
+        self.max_concurrent_imports = Some(max_concurrent);
+        self.import_timeout = Some(timeout_secs);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -190,6 +207,10 @@ impl TestAppBuilder {
             remote_sources: self.remote_sources,
             sweep_min_age: self.sweep_min_age,
             sweep_orphans: self.sweep_orphans,
+            client_idle_timeout: self.client_idle_timeout,
+            max_connections: self.max_connections,
+            max_concurrent_imports: self.max_concurrent_imports,
+            import_timeout: self.import_timeout,
             stores,
             ..ConfigFile::default()
         };
@@ -491,7 +512,10 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
 pub struct RawResponse {
     /// 0 when the server sent nothing.
     pub status: u16,
+    /// Names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// Names exactly as they came on the wire.
+    pub wire_names: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -507,8 +531,10 @@ impl RawResponse {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
+        let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+        let wire_names = fields.iter().map(|(n, _)| n.trim().to_owned()).collect();
+        let headers: Vec<(String, String)> = fields
+            .iter()
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let mut body = buf[end + 4..].to_vec();
@@ -521,6 +547,7 @@ impl RawResponse {
         Self {
             status,
             headers,
+            wire_names,
             body,
         }
     }

@@ -19,6 +19,9 @@ use crate::{StoreError, StoreName};
 fn default_part_size() -> u64 {
     16 * MIB
 }
+fn default_max_part_size() -> u64 {
+    64 * MIB
+}
 fn default_max_concurrent_parts() -> usize {
     4
 }
@@ -77,6 +80,11 @@ pub struct S3StoreConfig {
     /// The smallest part size (at least 5 MiB); raised so the object fits in 10,000 parts.
     #[serde(default = "default_part_size")]
     pub part_size: u64,
+    /// The largest part a declared length may choose. A body declared too long for 10,000 parts
+    /// of this size gets parts that grow with the bytes actually sent instead, so a claimed
+    /// length alone never makes the gateway reserve large buffers.
+    #[serde(default = "default_max_part_size")]
+    pub max_part_size: u64,
     /// Parts uploading at once; memory is about `part_size × (max_concurrent_parts + 1)`.
     #[serde(default = "default_max_concurrent_parts")]
     pub max_concurrent_parts: usize,
@@ -117,6 +125,7 @@ impl S3StoreConfig {
             secret_access_key_file: None,
             multipart_threshold: default_part_size(),
             part_size: default_part_size(),
+            max_part_size: default_max_part_size(),
             max_concurrent_parts: default_max_concurrent_parts(),
             max_object_size: default_max_object_size(),
             max_attempts: default_max_attempts(),
@@ -171,6 +180,11 @@ impl S3StoreConfig {
                 "part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes"
             ));
         }
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.max_part_size) {
+            return bad(format!(
+                "max_part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes"
+            ));
+        }
         if !(1..=MAX_PART_SIZE).contains(&self.multipart_threshold) {
             return bad(format!(
                 "multipart_threshold must be between 1 and {MAX_PART_SIZE} bytes"
@@ -193,6 +207,8 @@ impl S3StoreConfig {
         Ok(Tuning {
             threshold: self.multipart_threshold,
             part_size: self.part_size,
+            // A larger floor wins: `part_size` alone keeps configuring the usual part.
+            max_part_size: self.max_part_size.max(self.part_size),
             max_in_flight: self.max_concurrent_parts,
             max_object_size: self.max_object_size,
             growth_divisor,
@@ -268,6 +284,7 @@ impl S3StoreConfig {
 pub(super) struct Tuning {
     pub threshold: u64,
     pub part_size: u64,
+    pub max_part_size: u64,
     pub max_in_flight: usize,
     pub max_object_size: u64,
     /// Unknown-length bodies get parts of `max(part_size, sent / growth_divisor)`.
@@ -296,6 +313,9 @@ mod tests {
         let mut c = config();
         c.part_size = 4 * MIB;
         cases.push((c, "part_size"));
+        let mut c = config();
+        c.max_part_size = 4 * MIB;
+        cases.push((c, "max_part_size"));
         let mut c = config();
         c.secret_access_key = None;
         cases.push((c, "access_key_id needs"));
@@ -354,6 +374,28 @@ mod tests {
         assert_eq!(parsed.stores["file"].kind(), "file");
     }
 
+    #[tokio::test]
+    async fn endpoints_cover_both_addressing_styles() {
+        let name = StoreName::parse("s3").unwrap();
+        let store = S3Store::open(name.clone(), &config()).await.unwrap();
+        let e = store.endpoints();
+        assert!(e.contains(&"http://127.0.0.1:1".to_owned()), "{e:?}");
+        assert!(e.contains(&"http://images.127.0.0.1:1".to_owned()), "{e:?}");
+        let mut aws = S3StoreConfig::new("my-images");
+        aws.region = Some("eu-west-1".into());
+        let e = S3Store::open(name, &aws).await.unwrap().endpoints();
+        for want in [
+            "https://s3.amazonaws.com",
+            "https://my-images.s3.amazonaws.com",
+            "https://s3.eu-west-1.amazonaws.com",
+            "https://my-images.s3.eu-west-1.amazonaws.com",
+            "http://my-images.s3-eu-west-1.amazonaws.com",
+            "https://my-images.s3.dualstack.eu-west-1.amazonaws.com",
+        ] {
+            assert!(e.contains(&want.to_owned()), "{want} not in {e:?}");
+        }
+    }
+
     #[test]
     fn config_from_toml_keys() {
         let c: S3StoreConfig = serde_json::from_value(serde_json::json!({
@@ -366,6 +408,7 @@ mod tests {
             "secret_access_key": "s",
             "multipart_threshold": 16777216,
             "part_size": 16777216,
+            "max_part_size": 67108864,
             "max_concurrent_parts": 4,
             "request_checksum": "when_supported"
         }))

@@ -43,6 +43,8 @@ struct Inner {
     prefix: String,
     /// For messages: the endpoint URL (validated to carry no credentials) or "AWS S3".
     endpoint_label: String,
+    /// Every URL that reaches the bucket (see [`own_endpoints`]).
+    endpoints: Vec<String>,
     tuning: Tuning,
 }
 
@@ -57,6 +59,39 @@ impl fmt::Debug for S3Store {
             .field("tuning", &inner.tuning)
             .finish_non_exhaustive()
     }
+}
+
+/// The URLs that reach the bucket: the endpoint path-style and virtual-hosted
+/// (`<bucket>.<host>`); for AWS, the global, regional, legacy dash-regional and dual-stack hosts
+/// in both styles, over http and https.
+fn own_endpoints(config: &S3StoreConfig) -> Vec<String> {
+    let bucket = &config.bucket;
+    if let Some(endpoint) = &config.endpoint {
+        let Ok(url) = reqwest::Url::parse(endpoint) else {
+            return vec![endpoint.clone()];
+        };
+        let mut urls = vec![endpoint.clone()];
+        if let Some(host) = url.host_str() {
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            urls.push(format!("{}://{bucket}.{host}{port}", url.scheme()));
+        }
+        return urls;
+    }
+    let region = config.region.as_deref().unwrap_or("us-east-1");
+    let hosts = [
+        "s3.amazonaws.com".to_owned(),
+        format!("s3.{region}.amazonaws.com"),
+        format!("s3-{region}.amazonaws.com"),
+        format!("s3.dualstack.{region}.amazonaws.com"),
+    ];
+    let mut urls = vec![];
+    for host in &hosts {
+        for scheme in ["https", "http"] {
+            urls.push(format!("{scheme}://{host}"));
+            urls.push(format!("{scheme}://{bucket}.{host}"));
+        }
+    }
+    urls
 }
 
 impl S3Store {
@@ -75,6 +110,7 @@ impl S3Store {
                     .endpoint
                     .clone()
                     .unwrap_or_else(|| "AWS S3".to_owned()),
+                endpoints: own_endpoints(config),
                 tuning,
             }),
         })
@@ -141,12 +177,7 @@ impl Store for S3Store {
     }
 
     fn endpoints(&self) -> Vec<String> {
-        let label = &self.inner.endpoint_label;
-        if label.starts_with("http://") || label.starts_with("https://") {
-            vec![label.clone()]
-        } else {
-            vec![]
-        }
+        self.inner.endpoints.clone()
     }
 
     #[tracing::instrument(skip(self, body), fields(store = %self.inner.name))]

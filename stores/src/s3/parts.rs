@@ -54,12 +54,11 @@ pub(super) struct PartSizer {
 
 impl PartSizer {
     pub fn new(tuning: &Tuning, size_hint: Option<u64>) -> Self {
-        let hinted = size_hint.map(|len| {
-            let size = tuning
-                .part_size
-                .max(round_up_mib(len.div_ceil(MAX_PARTS)))
-                .min(MAX_PART_SIZE);
-            (len, size)
+        // A declared length picks one part size up to `max_part_size`; one too long for that
+        // is not trusted with larger buffers: its parts grow with the bytes actually sent.
+        let hinted = size_hint.and_then(|len| {
+            let needed = round_up_mib(len.div_ceil(MAX_PARTS));
+            (needed <= tuning.max_part_size).then(|| (len, tuning.part_size.max(needed)))
         });
         Self {
             base: tuning.part_size,
@@ -87,6 +86,7 @@ mod tests {
         Tuning {
             threshold: part,
             part_size: part,
+            max_part_size: part.max(64 * MIB),
             max_in_flight: 4,
             max_object_size: max_object,
             growth_divisor: growth_divisor(part, max_object).unwrap(),
@@ -136,12 +136,27 @@ mod tests {
         let small = PartSizer::new(&t, Some(100 * MIB));
         assert_eq!(small.size_after(0) as u64, 16 * MIB);
         assert_eq!(small.size_after(64 * MIB) as u64, 16 * MIB);
-        let big = 1024 * 1024 * MIB;
+        // 600 GiB still fits in 10,000 parts of at most 64 MiB: one size for all.
+        let big = 600 * 1024 * MIB;
         let sizer = PartSizer::new(&t, Some(big));
         let (parts, largest) = simulate(&sizer, big);
         assert!(parts <= MAX_PARTS);
         assert_eq!(largest, round_up_mib(big.div_ceil(MAX_PARTS)));
+        assert!(largest <= 64 * MIB);
         // A stream longer than declared falls back to growing parts.
         assert!(sizer.size_after(2 * big) as u64 > largest);
+    }
+
+    #[test]
+    fn a_declared_length_never_picks_parts_above_max_part_size() {
+        let t = tuning(16 * MIB, MAX_OBJECT_SIZE);
+        // 1 TiB would need 105 MiB parts: the claim alone buys no larger buffer.
+        for declared in [1024 * 1024 * MIB, MAX_OBJECT_SIZE] {
+            let sizer = PartSizer::new(&t, Some(declared));
+            assert_eq!(sizer.size_after(0) as u64, 16 * MIB, "{declared}");
+            // Parts grow past the cap only as bytes really arrive, and the object still fits.
+            let (parts, _) = simulate(&sizer, declared);
+            assert!(parts <= MAX_PARTS);
+        }
     }
 }
