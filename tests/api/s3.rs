@@ -1029,6 +1029,8 @@ async fn s3_delete_succeeds_without_the_list_uploads_permission() {
     proxy.refuse(false);
     glance_gateway::maintenance::sweep(app.state()).await;
     assert_eq!(bucket.uploads().await, Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn s3_endpoint_is_no_remote_source_whatever_its_spelling() {
     let env = s3_env!();
