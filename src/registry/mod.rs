@@ -52,6 +52,10 @@ pub struct StoredImage {
 
 struct Inner {
     db: sled::Db,
+    /// This registry's id, which store ownership markers name.
+    id: String,
+    /// Whether this process created the registry (it knows no image of any store yet).
+    created_now: bool,
     images: Tree,
     /// `member 0x00 image_id` → empty: which images a member was given.
     member_images: Tree,
@@ -101,7 +105,17 @@ impl Registry {
                 )))
             }
         }
+        let (id, created_now) = match meta.get("registry_id")? {
+            Some(id) => (String::from_utf8_lossy(&id).into_owned(), false),
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                meta.insert("registry_id", id.as_bytes())?;
+                (id, true)
+            }
+        };
         let inner = Inner {
+            id,
+            created_now,
             images: db.open_tree("images")?,
             member_images: db.open_tree("member_images")?,
             db,
@@ -110,6 +124,17 @@ impl Registry {
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// This registry's id: made once when the registry is created, kept for its life. The stores
+    /// it writes to are marked with it, so another gateway never mistakes its objects for orphans.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// True when this process created the registry (then it cannot tell orphans from data).
+    pub fn is_new(&self) -> bool {
+        self.inner.created_now
     }
 
     async fn run<T, E, F>(&self, f: F) -> Result<T, E>
@@ -312,5 +337,18 @@ mod tests {
         };
         let reg = Registry::open(dir.path()).unwrap();
         assert!(reg.get(&id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_id_is_kept_and_differs_between_registries() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = Registry::open(dir.path()).unwrap();
+        assert!(created.is_new());
+        let first = created.id().to_owned();
+        drop(created);
+        let reopened = Registry::open(dir.path()).unwrap();
+        assert_eq!(reopened.id(), first);
+        assert!(!reopened.is_new());
+        assert_ne!(Registry::temporary().unwrap().id(), first);
     }
 }
