@@ -78,6 +78,16 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// What a sweep does with complete objects no image points to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SweepOrphans {
+    /// Report them in the log (the default): an unknown object may be another gateway's.
+    Log,
+    /// Remove them (only image-id keys, only in namespaces this registry owns).
+    Delete,
+}
+
 /// The file as written; `None` means "not set".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +135,8 @@ pub struct ConfigFile {
     pub shutdown_timeout: Option<u64>,
     /// Seconds between store health probes (the `store_up` metric).
     pub store_probe_interval: Option<u64>,
+    /// `"log"` (default) or `"delete"` objects no image points to.
+    pub sweep_orphans: Option<SweepOrphans>,
     /// Seconds a request body may send nothing before it is cut.
     pub client_idle_timeout: Option<u64>,
     /// Open connections at most; more wait in the listen backlog.
@@ -230,6 +242,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_timeout: u64,
     pub store_probe_interval: u64,
+    pub sweep_orphans: SweepOrphans,
     pub client_idle_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_imports: usize,
@@ -318,6 +331,7 @@ impl Config {
                 StoreName::parse("file").expect("valid name"),
                 StoreConfig::File(stores::file::FileStoreConfig {
                     root: data_dir.join("images"),
+                    adopt: false,
                 }),
             );
         }
@@ -397,6 +411,7 @@ impl Config {
             log_format: file.log_format.unwrap_or_default(),
             shutdown_timeout: file.shutdown_timeout.unwrap_or(30),
             store_probe_interval: file.store_probe_interval.unwrap_or(30).max(1),
+            sweep_orphans: file.sweep_orphans.unwrap_or(SweepOrphans::Log),
             client_idle_timeout: Duration::from_secs(at_least_one(
                 file.client_idle_timeout,
                 60,

@@ -112,6 +112,10 @@ impl From<StoreError> for ApiError {
                 HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
             ),
             StoreError::StorageFull { .. } => Self::too_large("Image storage media is full."),
+            StoreError::TooLarge { store, .. } => Self {
+                detail: Some(e.to_string()),
+                ..Self::too_large(format!("Image is too large for the store {store}."))
+            },
             StoreError::Unavailable { store, .. } => Self {
                 detail: Some(e.to_string()),
                 ..Self::new(

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod error;
+mod framing;
 pub mod http;
 pub mod listing;
 pub mod maintenance;

@@ -13,13 +13,15 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use stores::{StoreConfig, Stores};
+use stores::ownership::Claim;
+use stores::{Store, StoreConfig, Stores};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::framing::FramingCheck;
 use crate::metrics::store::MeteredStore;
 use crate::metrics::{Metrics, StoreLabels};
 use crate::registry::Registry;
@@ -60,6 +62,17 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
             }
         }
         stores.insert(store);
+    }
+    if let Some((a, b, namespace)) = stores::ownership::first_overlap(stores.iter().map(|s| &**s)) {
+        anyhow::bail!(
+            "config keys `stores.{a}` and `stores.{b}`: the two stores share {namespace}; each \
+             store needs a namespace of its own (a root, bucket + prefix or container no other \
+             store's lies in)"
+        );
+    }
+    for store in stores.iter() {
+        let adopt = config.stores.get(store.name()).is_some_and(|c| c.adopt());
+        claim(&**store, registry.id(), adopt).await?;
     }
     let own_stores = stores.iter().cloned().collect();
     let remote = RemoteClient::new(
@@ -185,6 +198,32 @@ async fn probe_stores(state: AppState) {
     }
 }
 
+/// Makes sure this registry owns the store's namespace (see [`stores::ownership`]): refuses a
+/// namespace another registry owns unless `adopt` is set. A store that cannot be reached now is
+/// claimed by the first sweep that reaches it, and never swept before.
+async fn claim(store: &dyn Store, registry: &str, adopt: bool) -> anyhow::Result<()> {
+    let name = store.name();
+    match stores::ownership::claim(store, registry, adopt).await {
+        Ok(Claim::Owned) => {}
+        Ok(Claim::Claimed) => {
+            tracing::info!(store = %name, registry, "claimed the store's namespace for this registry")
+        }
+        Ok(Claim::Adopted { previous }) => {
+            tracing::warn!(store = %name, registry, previous = %previous, "adopted the store's namespace from another registry (adopt = true)")
+        }
+        Ok(Claim::OwnedBy(owner)) => anyhow::bail!(
+            "config key `stores.{name}`: the store's namespace belongs to registry {owner}, not to \
+             this gateway's registry {registry}: another gateway (or an earlier registry) keeps its \
+             images there. Point this store elsewhere, or set `adopt = true` in `[stores.{name}]` \
+             to take the namespace over"
+        ),
+        Err(e) => {
+            tracing::error!(store = %name, error = %e, "cannot check who owns the store's namespace; it is not swept until that works")
+        }
+    }
+    Ok(())
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests finish
 /// for up to `shutdown_timeout` seconds; starts the background maintenance.
 pub async fn serve(
@@ -266,6 +305,7 @@ async fn serve_router(
             .max_headers(MAX_HEADERS)
             .header_read_timeout(Duration::from_secs(60))
             .timer(hyper_util::rt::TokioTimer::new());
+        let stream = FramingCheck::new(stream);
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         connections.spawn(async move {
             if let Err(e) = conn.await {

@@ -274,11 +274,13 @@ pub async fn upload(
             return Err(e);
         }
     };
-    let stored = match store_data(state, &*store, &location.key, body, size_hint, remaining).await {
+    // Reading stops at the declared size: a byte more is the client's error, whatever the store.
+    let limit = remaining.min(expected_size.unwrap_or(u64::MAX));
+    let stored = match store_data(state, &*store, &location.key, body, size_hint, limit).await {
         Ok(stored) => stored,
         Err(e) => {
             guard.fail_after_store_cleanup().await;
-            return Err(explain_store_failure(state, id, e, remaining).await);
+            return Err(explain_store_failure(state, id, e, remaining, expected_size).await);
         }
     };
     let md5 = stored.md5_hex();
@@ -334,7 +336,8 @@ async fn check_quota(
     Ok(remaining)
 }
 
-/// Streams the body through the running digest into the store, within the size cap and quota.
+/// Streams the body through the running digest into the store, within the size cap and
+/// `remaining` (the quota, or the declared size).
 async fn store_data(
     state: &AppState,
     store: &dyn Store,
@@ -353,6 +356,7 @@ async fn explain_store_failure(
     id: &ImageId,
     error: PutError,
     remaining: u64,
+    expected_size: Option<u64>,
 ) -> ApiError {
     // A DELETE during the upload also removes the partial data under the store's feet, so the
     // store's error is a consequence; the cause is the delete.
@@ -361,6 +365,11 @@ async fn explain_store_failure(
     }
     let cap = state.config.image_size_cap;
     match error {
+        PutError::TooLarge { limit } if expected_size == Some(limit) => {
+            ApiError::bad_request(format!(
+                "Supplied image size ({limit}) does not match the size of the image data (more bytes were sent)"
+            ))
+        }
         PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
         PutError::TooLarge { .. } => {
             ApiError::too_large(format!("Image exceeds the size limit of {cap} bytes"))

@@ -5,6 +5,8 @@ mod common;
 
 #[path = "api/codec.rs"]
 mod codec;
+#[path = "api/crash.rs"]
+mod crash;
 #[path = "api/create.rs"]
 mod create;
 #[path = "api/failures.rs"]
@@ -19,6 +21,8 @@ mod listing;
 mod members;
 #[path = "api/ops.rs"]
 mod ops;
+#[path = "api/ownership.rs"]
+mod ownership;
 #[path = "api/protection.rs"]
 mod protection;
 #[path = "api/quotas.rs"]

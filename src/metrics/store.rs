@@ -1,6 +1,7 @@
 //! [`MeteredStore`]: a [`Store`] that decorates another with metrics — bytes in and out,
 //! operation durations, errors — so no backend needs to know about them.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,8 +13,8 @@ use bytes::Bytes;
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 use stores::{
-    ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, PutOptions, Store, StoreError,
-    StoreName, SweepReport,
+    ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, PutOptions, Store,
+    StoreError, StoreName, SweepReport,
 };
 
 use super::{Metrics, StoreBytesLabels, StoreLabels, StoreOpLabels};
@@ -225,8 +226,28 @@ impl Store for MeteredStore {
         self.observe("list", self.inner.list()).await
     }
 
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
-        self.observe("sweep", self.inner.sweep_incomplete(older_than))
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
+        self.observe(
+            "sweep",
+            self.inner.sweep_incomplete(older_than, in_progress),
+        )
+        .await
+    }
+
+    fn namespaces(&self) -> Vec<Namespace> {
+        self.inner.namespaces()
+    }
+
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError> {
+        self.observe("read_marker", self.inner.read_marker()).await
+    }
+
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
+        self.observe("write_marker", self.inner.write_marker(content))
             .await
     }
 }

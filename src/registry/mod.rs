@@ -136,6 +136,12 @@ pub trait RegistryEngine: Send + Sync + fmt::Debug + 'static {
     /// The engine's name, as the `[registry] kind` setting spells it.
     fn kind(&self) -> &'static str;
 
+    /// This registry's id: made once when the registry is created, kept for its life.
+    fn id(&self) -> &str;
+
+    /// True when this process created the registry id (then it cannot tell orphans from data).
+    fn is_new(&self) -> bool;
+
     async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError>;
 
     /// Stores a new image without members.
@@ -215,6 +221,17 @@ impl Registry {
         &*self.engine
     }
 
+    /// This registry's id: made once when the registry is created, kept for its life. The stores
+    /// it writes to are marked with it, so another gateway never mistakes its objects for orphans.
+    pub fn id(&self) -> &str {
+        self.engine.id()
+    }
+
+    /// True when this process created the registry (then it cannot tell orphans from data).
+    pub fn is_new(&self) -> bool {
+        self.engine.is_new()
+    }
+
     pub async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError> {
         self.engine.get(id).await
     }
@@ -275,8 +292,9 @@ impl Registry {
         self.engine.in_state(status, after, limit).await
     }
 
-    /// Every image ever stored, deleted ones included, read page by page. For tests and offline
-    /// tools only: no request path calls it, since it holds the whole registry.
+    /// Every image ever stored, deleted ones included, read page by page. For the sweep (which
+    /// runs rarely), tests and offline tools: no request path calls it, since it holds the whole
+    /// registry.
     pub async fn all(&self) -> Result<Vec<StoredImage>, RegistryError> {
         let mut out = vec![];
         let mut after = None;

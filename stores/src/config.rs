@@ -30,6 +30,15 @@ impl StoreConfig {
             Self::Swift(_) => "swift",
         }
     }
+
+    /// The `adopt` option: take the namespace over from the registry its marker names.
+    pub fn adopt(&self) -> bool {
+        match self {
+            Self::File(c) => c.adopt,
+            Self::S3(c) => c.adopt,
+            Self::Swift(c) => c.adopt,
+        }
+    }
 }
 
 /// Opens the store `name` as configured. Does not contact remote backends; call

@@ -17,6 +17,10 @@ pub enum StoreError {
     #[error("store {store} is full")]
     StorageFull { store: String },
 
+    /// The backend refuses an object this large (a cluster's object or manifest limits).
+    #[error("store {store} refused the object as too large: {message}")]
+    TooLarge { store: String, message: String },
+
     #[error("store {store} is unavailable: {message}")]
     Unavailable { store: String, message: String },
 

@@ -2,6 +2,7 @@
 //! `root/.tmp/` on the same filesystem, synced, then renamed into place. All filesystem work runs
 //! on blocking threads, never on the async runtime.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -15,9 +16,10 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::ownership::MARKER;
 use crate::{
-    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, PutOptions, Store, StoreError,
-    StoreName, SweepReport,
+    clip_range, ByteStream, GetObject, Namespace, ObjectInfo, ObjectKey, PutOptions, Store,
+    StoreError, StoreName, SweepReport,
 };
 
 const TMP_DIR: &str = ".tmp";
@@ -36,6 +38,9 @@ const FLUSH_STEP: u64 = 32 * 1024 * 1024;
 pub struct FileStoreConfig {
     /// Directory holding the objects; created when missing.
     pub root: PathBuf,
+    /// Take the root over from the registry its ownership marker names (off: refuse to start).
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 #[derive(Debug)]
@@ -84,6 +89,13 @@ impl FileStore {
 
     fn tmp_prefix(key: &ObjectKey) -> String {
         format!("{key}.")
+    }
+
+    /// The key a temp file belongs to (`<key>.<run>`).
+    fn tmp_key(file_name: &str) -> Option<ObjectKey> {
+        file_name
+            .rsplit_once('.')
+            .and_then(|(key, _)| ObjectKey::parse(key))
     }
 
     fn io_err(&self, key: &ObjectKey) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -342,16 +354,27 @@ impl Store for FileStore {
         .map_err(|e| StoreError::from_io(&name, "", e))
     }
 
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
         let tmp_dir = self.root.join(TMP_DIR);
         let name = self.name.to_string();
+        let in_progress = in_progress.clone();
         blocking(move || {
             let mut report = SweepReport::default();
             let now = SystemTime::now();
             for entry in fs::read_dir(&tmp_dir)? {
                 let entry = entry?;
+                let running = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(Self::tmp_key)
+                    .is_some_and(|key| in_progress.contains(&key));
                 let modified = entry.metadata()?.modified()?;
-                if now.duration_since(modified).unwrap_or_default() >= older_than
+                if !running
+                    && now.duration_since(modified).unwrap_or_default() >= older_than
                     && fs::remove_file(entry.path()).is_ok()
                 {
                     report.incomplete_removed += 1;
@@ -361,6 +384,36 @@ impl Store for FileStore {
         })
         .await
         .map_err(|e| StoreError::from_io(&name, "", e))
+    }
+
+    fn namespaces(&self) -> Vec<Namespace> {
+        vec![Namespace::new("file", format!("{}/", self.root.display()))]
+    }
+
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError> {
+        let path = self.root.join(MARKER);
+        match blocking(move || fs::read(path)).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::from_io(self.name.as_str(), MARKER, e)),
+        }
+    }
+
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
+        let dest = self.root.join(MARKER);
+        let tmp = self
+            .root
+            .join(TMP_DIR)
+            .join(format!("marker.{}", uuid::Uuid::new_v4().simple()));
+        blocking(move || {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&content)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &dest)?;
+            fs::File::open(dest.parent().expect("under the root"))?.sync_all()
+        })
+        .await
+        .map_err(|e| StoreError::from_io(self.name.as_str(), MARKER, e))
     }
 }
 
@@ -379,6 +432,7 @@ mod tests {
     async fn store(dir: &Path) -> Arc<FileStore> {
         let config = FileStoreConfig {
             root: dir.join("images"),
+            adopt: false,
         };
         Arc::new(
             FileStore::open(StoreName::parse("file").unwrap(), &config)
@@ -447,8 +501,29 @@ mod tests {
             .unwrap();
         assert!(!tmp.join("abc.partial1").exists());
         assert!(tmp.join("other.partial2").exists());
-        let report = store.sweep_incomplete(Duration::ZERO).await.unwrap();
+        fs::write(tmp.join("running.partial3"), b"x").unwrap();
+        let running = BTreeSet::from([ObjectKey::parse("running").unwrap()]);
+        let report = store
+            .sweep_incomplete(Duration::ZERO, &running)
+            .await
+            .unwrap();
         assert_eq!(report.incomplete_removed, 1);
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        let left: Vec<_> = fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["running.partial3"]);
+    }
+
+    #[tokio::test]
+    async fn the_marker_is_hidden_from_listings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        assert_eq!(store.read_marker().await.unwrap(), None);
+        store.write_marker(Bytes::from_static(b"m1")).await.unwrap();
+        store.write_marker(Bytes::from_static(b"m2")).await.unwrap();
+        assert_eq!(store.read_marker().await.unwrap().unwrap(), "m2");
+        assert!(store.list().await.unwrap().is_empty());
+        assert_eq!(fs::read_dir(store.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 }

@@ -5,6 +5,7 @@
 //! of bytes and gets them back. Hashing and byte counting happen once, above the stores, in
 //! [`digest::put_digested`].
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod error;
 pub mod file;
 pub mod names;
+pub mod ownership;
 pub mod range;
 pub mod s3;
 pub mod secret;
@@ -34,6 +36,7 @@ pub use config::{open_store, StoreConfig};
 pub use digest::{put_digested, PutError, RunningMd5, Stored};
 pub use error::StoreError;
 pub use names::{ObjectKey, StoreName};
+pub use ownership::Namespace;
 pub use range::clip_range;
 pub use secret::Secret;
 
@@ -208,8 +211,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn list(&self) -> Result<Vec<ObjectInfo>, StoreError>;
 
     /// Removes incomplete uploads (temp files, multipart uploads, orphan segments) older than
-    /// `older_than`.
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError>;
+    /// `older_than`, except those of the keys in `in_progress` (uploads still running).
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError>;
+
+    /// Where this store keeps objects and upload leftovers, to refuse two stores that overlap.
+    fn namespaces(&self) -> Vec<Namespace>;
+
+    /// The ownership marker ([`ownership::MARKER`]) of the namespace; `None` when there is none.
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError>;
+
+    /// Writes (or replaces) the ownership marker of the namespace.
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError>;
 }
 
 /// The configured stores by name.

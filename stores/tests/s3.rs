@@ -420,7 +420,7 @@ async fn sweep_aborts_abandoned_uploads_under_the_prefix() {
     let foreign_id = create(foreign.clone()).await;
 
     let report = store
-        .sweep_incomplete(Duration::from_secs(3600))
+        .sweep_incomplete(Duration::from_secs(3600), &Default::default())
         .await
         .unwrap();
     assert_eq!(report.incomplete_removed, 0, "a fresh upload was swept");
@@ -428,7 +428,10 @@ async fn sweep_aborts_abandoned_uploads_under_the_prefix() {
 
     // Initiation times have one-second resolution.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let report = store.sweep_incomplete(Duration::ZERO).await.unwrap();
+    let report = store
+        .sweep_incomplete(Duration::ZERO, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(report.incomplete_removed, 1);
     assert_eq!(
         pending_uploads(&client, &env, &prefix).await,

@@ -520,13 +520,16 @@ async fn sweep_removes_abandoned_segments_only() {
     raw.put(&format!("{seg}/foreign-object"), vec![2; 10]).await;
 
     let report = store
-        .sweep_incomplete(Duration::from_secs(3600))
+        .sweep_incomplete(Duration::from_secs(3600), &Default::default())
         .await
         .unwrap();
     assert_eq!(report.incomplete_removed, 0, "young segments swept");
     assert_eq!(raw.list(&seg, "").await.len(), 6 + 2 + 1);
 
-    let report = store.sweep_incomplete(Duration::ZERO).await.unwrap();
+    let report = store
+        .sweep_incomplete(Duration::ZERO, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(report.incomplete_removed, 2);
     assert!(raw.list(&seg, &segment_prefix(&crashed)).await.is_empty());
     assert_eq!(raw.list(&seg, &segment_prefix(&live)).await.len(), 3);

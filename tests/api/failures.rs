@@ -366,3 +366,107 @@ async fn non_utf8_header_values_are_400_not_500() {
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert!(app.state().registry.all().await.unwrap().is_empty());
 }
+
+/// More bytes than `x-image-meta-size` declares: 400 as soon as the declared size is passed (the
+/// body here never ends), the image killed, nothing stored. `store` picks the store.
+pub async fn more_than_declared_is_400_at_the_declared_size(app: &TestApp, store: Option<&str>) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let store_header = store
+        .map(|s| format!("x-image-meta-store: {s}\r\n"))
+        .unwrap_or_default();
+    let head = post_head(
+        &id,
+        &format!("{store_header}x-image-meta-size: 1000\r\nTransfer-Encoding: chunked\r\n"),
+    );
+    let mut stream = app.connect().await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let data = pattern(300_000);
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&data).await.unwrap();
+    stream.write_all(b"\r\n").await.unwrap();
+    // No last chunk: the body stays open, so only a gateway that stops at the declared size
+    // answers at all.
+    let resp = read_response(&mut stream).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("1000"), "{}", resp.text());
+    app.wait_for_status(&id, "killed").await;
+}
+
+#[tokio::test]
+async fn more_bytes_than_declared_is_400_at_the_declared_size() {
+    let app = TestApp::spawn().await;
+    more_than_declared_is_400_at_the_declared_size(&app, None).await;
+    app.wait_for_no_tmp_files().await;
+    let images: Vec<_> = std::fs::read_dir(app.data_dir().join("images"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(images.is_empty(), "{images:?}");
+}
+
+/// Spec §0.23: `Content-Length` together with `Transfer-Encoding` is 400 and the connection is
+/// closed, in either order, also after other requests on the same connection (the gateway keeps
+/// track of their bodies to find the next head).
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_400() {
+    let app = TestApp::spawn().await;
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+    ] {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut req = post_head(&id, framing).into_bytes();
+        req.extend_from_slice(b"0\r\n\r\n");
+        let resp = app.raw(&req).await;
+        assert_eq!(resp.status, 400, "{framing:?}: {}", resp.text());
+        assert_eq!(status(app.head(&format!("/v1/images/{id}"))).await, 404);
+    }
+
+    // A chunked upload, then a request with both on the same connection.
+    let first = uuid::Uuid::new_v4().to_string();
+    let second = uuid::Uuid::new_v4().to_string();
+    let keep_alive = |id: &str, framing: &str| {
+        post_head(id, framing).replace("Connection: close\r\n", "Connection: keep-alive\r\n")
+    };
+    let mut pipelined = keep_alive(&first, "Transfer-Encoding: chunked\r\n").into_bytes();
+    pipelined.extend_from_slice(b"4;ext=1\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n");
+    pipelined.extend_from_slice(
+        keep_alive(
+            &second,
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        )
+        .as_bytes(),
+    );
+    pipelined.extend_from_slice(b"0\r\n\r\n");
+    let mut stream = app.connect().await;
+    stream.write_all(&pipelined).await.unwrap();
+    let mut answers = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answers.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answers);
+    // Bodies end without a line break: find the status lines by their start.
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i..i + 12])
+        .collect();
+    assert_eq!(statuses.len(), 2, "{text}");
+    assert!(statuses[0].starts_with("HTTP/1.1 201"), "{text}");
+    assert!(statuses[1].starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(app.status_of(&first).await, "active");
+    assert_eq!(app.record(&first).await.size, 7);
+    assert_eq!(status(app.head(&format!("/v1/images/{second}"))).await, 404);
+}

@@ -17,6 +17,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use glance_gateway::config::SweepOrphans;
 use reqwest::StatusCode;
 use serde_json::Value;
 use stores::s3::S3StoreConfig;
@@ -512,6 +513,8 @@ async fn s3_wrong_credentials_answer_503_and_other_stores_keep_serving() {
     let bad_secret = format!("wrong-secret-{}", uuid::Uuid::new_v4().simple());
     let mut bad = bucket.config();
     bad.secret_access_key = Some(bad_secret.clone().into());
+    // A namespace of its own: two stores may not share one.
+    bad.prefix = format!("{}-bad/", bucket.prefix.trim_end_matches('/'));
     let app = TestApp::builder()
         .store("s3", bucket.store())
         .store("s3bad", StoreConfig::S3(bad))
@@ -628,27 +631,35 @@ async fn s3_sweep_removes_abandoned_uploads_and_orphans() {
         .await;
     assert_eq!(bucket.uploads().await, vec![first_upload]);
 
-    // The sweep at startup removes both.
+    // The sweep at startup aborts the upload; the orphan stays, since a new registry cannot
+    // tell an orphan from another gateway's image.
     let app = TestApp::builder()
         .store("s3", bucket.store())
         .sweep_min_age(0)
+        .sweep_orphans(SweepOrphans::Delete)
         .spawn()
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !bucket.uploads().await.is_empty() || bucket.exists(&first_orphan).await {
+    while !bucket.uploads().await.is_empty() {
         assert!(
             Instant::now() < deadline,
-            "the startup sweep left leftovers"
+            "the startup sweep left the upload"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let that sweep finish before a live object appears (it lists objects after it read the
     // registry, and a zero minimum age protects nothing).
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        bucket.exists(&first_orphan).await,
+        "a new registry removed an orphan"
+    );
 
     let live = pattern(1000);
     let live_id = new_id();
     upload_ok(&app, &live_id, Some("s3"), &live).await;
+    let app = app.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let second_upload = abandon(&bucket, "abandoned").await;
     let second_orphan = new_id();
     bucket
@@ -656,15 +667,46 @@ async fn s3_sweep_removes_abandoned_uploads_and_orphans() {
         .await;
     assert_eq!(bucket.uploads().await, vec![second_upload]);
 
-    // The scheduled sweep (the same function) removes them, and only them.
+    // The scheduled sweep (the same function) of a registry that knows images removes them,
+    // and only them.
     glance_gateway::maintenance::sweep(app.state()).await;
     assert_eq!(bucket.uploads().await, Vec::<String>::new());
+    assert!(!bucket.exists(&first_orphan).await, "orphan not removed");
     assert!(!bucket.exists(&second_orphan).await, "orphan not removed");
     assert!(
         bucket.exists(&live_id).await,
         "the live image's object was removed"
     );
     assert!(download(&app, &live_id).await == live);
+}
+
+/// Two gateways on one bucket + prefix: the second is refused, adopts with `adopt = true`, and
+/// by default only reports the first one's images.
+#[tokio::test]
+async fn s3_two_gateways_on_one_prefix() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "owners");
+    crate::ownership::two_gateways_on_one_namespace(|adopt| {
+        let mut c = bucket.config();
+        c.adopt = adopt;
+        StoreConfig::S3(c)
+    })
+    .await;
+    assert!(bucket.exists(stores::ownership::MARKER).await);
+}
+
+#[tokio::test]
+async fn s3_stores_sharing_a_prefix_are_refused() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "overlap");
+    let mut inner = bucket.config();
+    inner.prefix = format!("{}inner/", bucket.prefix);
+    let message = TestApp::builder()
+        .store("outer", bucket.store())
+        .store("inner", StoreConfig::S3(inner))
+        .refused()
+        .await;
+    assert!(message.contains("stores.inner"), "{message}");
 }
 
 /// Brings the shared server back even when the test fails.
@@ -743,7 +785,7 @@ async fn s3_control_backend_stopped_mid_upload() {
     // The failed upload's abort could not reach the server; the sweep removes the upload.
     let store = app.state().stores.get("s3").unwrap().clone();
     let report = store
-        .sweep_incomplete(Duration::ZERO)
+        .sweep_incomplete(Duration::ZERO, &Default::default())
         .await
         .expect("sweep after resume");
     assert!(
@@ -845,6 +887,148 @@ async fn s3_admins_register_objects_outside_the_prefix() {
         .key(&outside)
         .send()
         .await;
+}
+
+/// SIGKILL of the real binary mid multipart upload, then a restart: the active image is intact,
+/// nothing is left `saving`, and no multipart upload or stray object stays under the prefix.
+#[tokio::test]
+async fn s3_kill_9_mid_upload_loses_nothing_and_leaves_nothing() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "kill9");
+    let store = serde_json::json!({
+        "kind": "s3",
+        "bucket": env.bucket,
+        "endpoint": env.endpoint,
+        "region": env.region,
+        "force_path_style": true,
+        "prefix": bucket.prefix,
+        "access_key_id": env.access_key,
+        "secret_access_key": env.secret_key,
+        "part_size": PART,
+        "multipart_threshold": PART,
+    });
+    let bucket = &bucket;
+    let run = crate::crash::kill_mid_upload(store, PART + 1000, |id| async move {
+        bucket.uploads().await.contains(&bucket.key(&id))
+    })
+    .await;
+    assert_eq!(bucket.uploads().await, Vec::<String>::new());
+    let listed = bucket
+        .sdk
+        .list_objects_v2()
+        .bucket(&env.bucket)
+        .prefix(&bucket.prefix)
+        .send()
+        .await
+        .unwrap();
+    let mut keys: Vec<_> = listed
+        .contents()
+        .iter()
+        .map(|o| o.key().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    let mut expected = vec![bucket.key(&run.kept), bucket.key(stores::ownership::MARKER)];
+    expected.sort();
+    assert_eq!(keys, expected, "interrupted: {}", run.interrupted);
+    run.gateway.kill9().await;
+}
+
+/// S3 dies in the middle of a download: the client sees the connection cut, never a complete-
+/// looking 200 (a shorter body that ends cleanly).
+#[tokio::test]
+async fn s3_backend_dying_mid_download_cuts_the_client_off() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "dying");
+    let upstream = env
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the test endpoint is http://ip:port");
+    let proxy = crate::crash::DyingProxy::start(upstream).await;
+    let mut config = bucket.config();
+    config.endpoint = Some(format!("http://{}", proxy.addr));
+    config.max_attempts = 1;
+    let app = TestApp::builder()
+        .store("s3", StoreConfig::S3(config))
+        .spawn()
+        .await;
+    let data = pattern(3 * PART);
+    let id = new_id();
+    upload_ok(&app, &id, Some("s3"), &data).await;
+    proxy.die_after(2 * MIB as u64);
+    crate::crash::assert_download_is_cut(&app, &id, data.len()).await;
+}
+
+#[tokio::test]
+async fn s3_more_bytes_than_declared_is_400_and_leaves_nothing() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "overdeclared");
+    let app = TestApp::builder().store("s3", bucket.store()).spawn().await;
+    crate::failures::more_than_declared_is_400_at_the_declared_size(&app, Some("s3")).await;
+    bucket.wait_for_no_uploads().await;
+    let listed = bucket
+        .sdk
+        .list_objects_v2()
+        .bucket(&env.bucket)
+        .prefix(&bucket.prefix)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, vec![bucket.key(stores::ownership::MARKER)]);
+}
+
+/// DELETE succeeds once the image's object is gone, even when the credentials may not list
+/// multipart uploads: the upload a crash left for the key is the sweep's to remove.
+#[tokio::test]
+async fn s3_delete_succeeds_without_the_list_uploads_permission() {
+    let env = s3_env!();
+    let bucket = Bucket::new(&env, "nolist");
+    let upstream = env.endpoint.trim_start_matches("http://").parse().unwrap();
+    // ListMultipartUploads is `GET /<bucket>?uploads…`.
+    let proxy = crate::crash::RefusingProxy::start(upstream, |line| {
+        line.starts_with("GET ") && line.contains("?uploads")
+    })
+    .await;
+    let mut config = bucket.config();
+    config.endpoint = Some(format!("http://{}", proxy.addr));
+    let app = TestApp::builder()
+        .store("s3", StoreConfig::S3(config))
+        .sweep_min_age(0)
+        .spawn()
+        .await;
+    let id = new_id();
+    upload_ok(&app, &id, Some("s3"), &pattern(1000)).await;
+    // What a crash during an earlier upload of the key left behind.
+    bucket
+        .sdk
+        .create_multipart_upload()
+        .bucket(&env.bucket)
+        .key(bucket.key(&id))
+        .send()
+        .await
+        .unwrap();
+
+    proxy.refuse(true);
+    let resp = app
+        .delete(&format!("/v1/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert!(!bucket.exists(&id).await);
+    assert_eq!(app.status_of(&id).await, "deleted");
+    assert_eq!(bucket.uploads().await, vec![bucket.key(&id)]);
+
+    // Once listing works again, the sweep removes the leftover.
+    proxy.refuse(false);
+    glance_gateway::maintenance::sweep(app.state()).await;
+    assert_eq!(bucket.uploads().await, Vec::<String>::new());
 }
 
 #[tokio::test]

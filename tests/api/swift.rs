@@ -98,8 +98,11 @@ impl Raw {
         Self(SwiftRaw::new(env).await)
     }
 
+    /// The objects of the container but its ownership marker (checked on its own).
     async fn list(&self, container: &str) -> Vec<String> {
-        self.0.list(container, "").await
+        let mut names = self.0.list(container, "").await;
+        names.retain(|n| n != stores::ownership::MARKER);
+        names
     }
 
     async fn segments(&self, container: &str) -> Vec<String> {
@@ -668,4 +671,181 @@ async fn admins_register_objects_of_other_containers() {
     }
     raw.delete(&format!("{other}/images/base.raw"), &[]).await;
     raw.delete(&other, &[]).await;
+}
+
+/// Two gateways on one container: the second is refused, adopts with `adopt = true`, and by
+/// default only reports the first one's images.
+#[tokio::test]
+async fn two_gateways_on_one_container() {
+    let env = swift_env!();
+    let container = unique_container();
+    crate::ownership::two_gateways_on_one_namespace(|adopt| {
+        let mut json = swift_json(&env, &container);
+        json["adopt"] = Value::Bool(adopt);
+        store_config(json)
+    })
+    .await;
+    let raw = Raw::new(&env).await;
+    let marker = raw
+        .head(&format!("{container}/{}", stores::ownership::MARKER))
+        .await;
+    assert_eq!(marker.status(), StatusCode::OK);
+}
+
+/// A store whose container is another store's segment container is refused.
+#[tokio::test]
+async fn stores_sharing_a_container_are_refused() {
+    let env = swift_env!();
+    let container = unique_container();
+    let message = TestApp::builder()
+        .store("one", store_config(swift_json(&env, &container)))
+        .store(
+            "two",
+            store_config(swift_json(&env, &format!("{container}_segments"))),
+        )
+        .refused()
+        .await;
+    assert!(
+        message.contains("stores.one") && message.contains("stores.two"),
+        "{message}"
+    );
+}
+
+/// SIGKILL of the real binary mid segmented upload, then a restart: the active image is intact,
+/// nothing is left `saving`, and no segment of the interrupted upload stays.
+#[tokio::test]
+async fn kill_9_mid_upload_loses_nothing_and_leaves_nothing() {
+    let env = swift_env!();
+    let container = unique_container();
+    let raw = Raw::new(&env).await;
+    let (raw, segments) = (&raw, format!("{container}_segments"));
+    let segments = &segments;
+    let run = crate::crash::kill_mid_upload(swift_json(&env, &container), BIG, |id| async move {
+        !raw.0.list(segments, &format!("{id}/")).await.is_empty()
+    })
+    .await;
+    assert_eq!(raw.list(&container).await, vec![run.kept.clone()]);
+    let left = raw.segments(&container).await;
+    assert!(!left.is_empty());
+    assert!(
+        left.iter()
+            .all(|s| s.starts_with(&format!("{}/", run.kept))),
+        "segments of the interrupted upload {} left: {left:?}",
+        run.interrupted
+    );
+    run.gateway.kill9().await;
+}
+
+/// Swift dies in the middle of a download: the client sees the connection cut, never a complete-
+/// looking 200 (a shorter body that ends cleanly).
+#[tokio::test]
+async fn backend_dying_mid_download_cuts_the_client_off() {
+    let env = swift_env!();
+    let container = unique_container();
+    let raw = Raw::new(&env).await;
+    let url = reqwest::Url::parse(&raw.storage_url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+        .parse()
+        .expect("the test storage URL is http://ip:port/...");
+    let proxy = crate::crash::DyingProxy::start(upstream).await;
+    let mut json = swift_json(&env, &container);
+    json["storage_url"] = Value::String(format!("http://{}{}", proxy.addr, url.path()));
+    let app = TestApp::builder()
+        .store("swift", store_config(json))
+        .spawn()
+        .await;
+    let data = pattern(2 * 1024 * 1024);
+    let id = app.create_image(&swift_meta("dying"), Some(&data)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proxy.die_after(256 * 1024);
+    crate::crash::assert_download_is_cut(&app, &id, data.len()).await;
+}
+
+#[tokio::test]
+async fn more_bytes_than_declared_is_400_and_leaves_nothing() {
+    let env = swift_env!();
+    let (app, container) = gateway(&env).await;
+    crate::failures::more_than_declared_is_400_at_the_declared_size(&app, Some("swift")).await;
+    Raw::new(&env).await.assert_empty_soon(&container).await;
+}
+
+/// An upload the cluster refuses as too large (here: more segments than an SLO manifest may
+/// name, 1000 by default) is the client's 413, not a gateway error.
+#[tokio::test]
+async fn an_upload_too_large_for_the_cluster_is_413() {
+    let env = swift_env!();
+    let container = unique_container();
+    let mut json = swift_json(&env, &container);
+    json["segment_size"] = Value::from(1024);
+    json["large_object_size"] = Value::from(1024);
+    let app = TestApp::builder()
+        .store("swift", store_config(json))
+        .spawn()
+        .await;
+    let resp = app
+        .post("/v1/images")
+        .headers(meta_headers(&swift_meta("huge")))
+        .header("content-type", "application/octet-stream")
+        .body(pattern(1001 * 1024))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    Raw::new(&env).await.assert_empty_soon(&container).await;
+}
+
+/// DELETE succeeds once the image's manifest is gone, even when the segment container cannot be
+/// listed: segments an earlier upload left are the sweep's to remove.
+#[tokio::test]
+async fn delete_succeeds_when_segments_cannot_be_listed() {
+    let env = swift_env!();
+    let container = unique_container();
+    let raw = Raw::new(&env).await;
+    let url = reqwest::Url::parse(&raw.storage_url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+        .parse()
+        .unwrap();
+    let segments = format!("{container}_segments");
+    let listing = format!("GET {}/{segments}?", url.path());
+    let proxy =
+        crate::crash::RefusingProxy::start(upstream, move |line| line.starts_with(&listing)).await;
+    let mut json = swift_json(&env, &container);
+    json["storage_url"] = Value::String(format!("http://{}{}", proxy.addr, url.path()));
+    let app = TestApp::builder()
+        .store("swift", store_config(json))
+        .sweep_min_age(0)
+        .spawn()
+        .await;
+    let id = app
+        .create_image(&swift_meta("nolist"), Some(&pattern(BIG)))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What an earlier, interrupted upload of the key left.
+    let stray = format!("{segments}/{id}/.upload-0123abcd/00000001");
+    raw.put(&stray, pattern(100)).await;
+
+    proxy.refuse(true);
+    let resp = app
+        .delete(&format!("/v1/images/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert_eq!(app.status_of(&id).await, "deleted");
+    assert!(raw.list(&container).await.is_empty());
+
+    proxy.refuse(false);
+    glance_gateway::maintenance::sweep(app.state()).await;
+    raw.assert_empty_soon(&container).await;
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use glance_gateway::config::{
     AuthMode, Config, ConfigFile, Overrides, PublicizeImage, QuotaValue, RemoteSources,
+    SweepOrphans,
 };
 use glance_gateway::model::{ImageId, ImageRecord};
 use glance_gateway::registry::StoredImage;
@@ -56,6 +57,7 @@ pub struct TestAppBuilder {
     sweep_min_age: Option<u64>,
     healthcheck_disable_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
+    sweep_orphans: Option<SweepOrphans>,
     client_idle_timeout: Option<u64>,
     max_connections: Option<usize>,
     max_concurrent_imports: Option<usize>,
@@ -146,6 +148,10 @@ impl TestAppBuilder {
         self.admin_token_file = Some(path.to_owned());
         self
     }
+    pub fn sweep_orphans(mut self, v: SweepOrphans) -> Self {
+        self.sweep_orphans = Some(v);
+        self
+    }
     pub fn client_idle_timeout(mut self, secs: u64) -> Self {
         self.client_idle_timeout = Some(secs);
         self
@@ -171,6 +177,7 @@ impl TestAppBuilder {
                 "file".to_owned(),
                 StoreConfig::File(FileStoreConfig {
                     root: data_dir.join("images"),
+                    adopt: false,
                 }),
             );
             for name in &self.extra_stores {
@@ -178,6 +185,7 @@ impl TestAppBuilder {
                     name.clone(),
                     StoreConfig::File(FileStoreConfig {
                         root: data_dir.join(format!("store-{name}")),
+                        adopt: false,
                     }),
                 );
             }
@@ -210,6 +218,7 @@ impl TestAppBuilder {
             sweep_min_age: self.sweep_min_age,
             healthcheck_disable_file: self.healthcheck_disable_file.clone(),
             admin_token_file: self.admin_token_file.clone(),
+            sweep_orphans: self.sweep_orphans,
             client_idle_timeout: self.client_idle_timeout,
             max_connections: self.max_connections,
             max_concurrent_imports: self.max_concurrent_imports,
@@ -232,6 +241,16 @@ impl TestAppBuilder {
     pub async fn spawn(self) -> TestApp {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         self.spawn_in(dir).await
+    }
+
+    /// The error that stops a gateway with this configuration from starting (in a fresh data
+    /// directory); panics if it starts.
+    pub async fn refused(self) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match glance_gateway::open_state(self.config(dir.path())).await {
+            Ok(_) => panic!("the gateway started"),
+            Err(e) => format!("{e:#}"),
+        }
     }
 
     /// Starts a gateway on an existing data directory (restarts, crash recovery).

@@ -5,7 +5,7 @@
 //! * `idx`: the list indexes (layout in [`keys`]), one entry per sort key and scope of each image.
 //! * `counters`: images per status, bytes per owner (u64, big-endian).
 //! * `in_state`: `status 0x00 id` for images `saving` or `pending_delete`.
-//! * `meta`: `schema_version`.
+//! * `meta`: `schema_version`, `registry_id`.
 //!
 //! Every change to an image rewrites the entries that differ in one transaction over all trees,
 //! then flushes. Every sled call runs on a blocking thread.
@@ -61,6 +61,10 @@ fn decode(bytes: &[u8]) -> Result<StoredImage, RegistryError> {
 
 struct Trees {
     db: sled::Db,
+    /// This registry's id, which store ownership markers name.
+    id: String,
+    /// Whether this process created the id (it knows no image of any store yet).
+    created_now: bool,
     images: Tree,
     member_images: Tree,
     idx: Tree,
@@ -101,7 +105,17 @@ impl SledRegistry {
 
     fn from_db(db: sled::Db) -> Result<Self, RegistryError> {
         let meta = db.open_tree("meta")?;
+        let (id, created_now) = match meta.get("registry_id")? {
+            Some(id) => (String::from_utf8_lossy(&id).into_owned(), false),
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                meta.insert("registry_id", id.as_bytes())?;
+                (id, true)
+            }
+        };
         let trees = Trees {
+            id,
+            created_now,
             images: db.open_tree("images")?,
             member_images: db.open_tree("member_images")?,
             idx: db.open_tree("idx")?,
@@ -518,6 +532,14 @@ fn tx_error(e: TransactionError<UpdateError>) -> UpdateError {
 impl RegistryEngine for SledRegistry {
     fn kind(&self) -> &'static str {
         "sled"
+    }
+
+    fn id(&self) -> &str {
+        &self.trees.id
+    }
+
+    fn is_new(&self) -> bool {
+        self.trees.created_now
     }
 
     async fn get(&self, id: &ImageId) -> Result<Option<StoredImage>, RegistryError> {

@@ -11,6 +11,19 @@ async fn passes_the_conformance_suite() {
     conformance::run(registry).await;
 }
 
+#[tokio::test]
+async fn the_id_is_kept_and_differs_between_registries() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = Registry::open(dir.path()).unwrap();
+    assert!(created.is_new());
+    let first = created.id().to_owned();
+    drop(created);
+    let reopened = Registry::open(dir.path()).unwrap();
+    assert_eq!(reopened.id(), first);
+    assert!(!reopened.is_new());
+    assert_ne!(Registry::temporary().unwrap().id(), first);
+}
+
 /// With a tiny `changes-since` window, those lists take the other way (walking the sort index).
 #[tokio::test]
 async fn passes_the_conformance_suite_with_a_small_changes_window() {
@@ -226,10 +239,13 @@ async fn a_schema_1_registry_is_upgraded_in_place() {
     assert!(counts.contains(&(ImageStatus::Active, 2)));
     assert!(counts.contains(&(ImageStatus::Deleted, 1)));
     assert_eq!(reg.shared_with("tenant-b").await.unwrap().len(), 1);
-    // The upgrade ran once: a reopened registry is already at schema 2 and changes keep
-    // the indexes right.
+    // The upgrade ran once: a reopened registry is already at schema 2, keeps the id the
+    // upgrade gave it, and changes keep the indexes right.
+    let registry_id = reg.id().to_owned();
     drop(reg);
     let reg = Registry::open(dir.path()).unwrap();
+    assert_eq!(reg.id(), registry_id);
+    assert!(!reg.is_new());
     reg.update::<RegistryError, _>(&id(2), |s| {
         s.record.is_public = true;
         Ok(())

@@ -105,6 +105,10 @@ pub struct S3StoreConfig {
     pub operation_timeout_secs: Option<u64>,
     #[serde(default)]
     pub request_checksum: RequestChecksum,
+    /// Take the bucket + prefix over from the registry its ownership marker names (off: refuse
+    /// to start).
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 impl S3StoreConfig {
@@ -129,6 +133,7 @@ impl S3StoreConfig {
             read_timeout_secs: default_read_timeout_secs(),
             operation_timeout_secs: None,
             request_checksum: RequestChecksum::default(),
+            adopt: false,
         }
     }
 

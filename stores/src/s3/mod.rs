@@ -8,9 +8,11 @@ mod config;
 mod download;
 mod error;
 mod multipart;
+mod ownership;
 mod parts;
 mod sweep;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,12 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use bytes::Bytes;
 
 pub use config::{RequestChecksum, S3StoreConfig};
 
 use crate::{
-    ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, PutOptions, Store, StoreError,
-    StoreName, SweepReport,
+    ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, PutOptions, Store,
+    StoreError, StoreName, SweepReport,
 };
 use config::Tuning;
 
@@ -234,7 +237,23 @@ impl Store for S3Store {
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.inner.name))]
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
-        self.inner.sweep_incomplete(older_than).await
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
+        self.inner.sweep_incomplete(older_than, in_progress).await
+    }
+
+    fn namespaces(&self) -> Vec<Namespace> {
+        vec![self.inner.namespace()]
+    }
+
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError> {
+        self.inner.read_marker().await
+    }
+
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
+        self.inner.write_marker(content).await
     }
 }

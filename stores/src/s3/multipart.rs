@@ -133,7 +133,7 @@ impl Inner {
     }
 }
 
-async fn content_md5(store: &str, data: &Bytes) -> Result<String, StoreError> {
+pub(super) async fn content_md5(store: &str, data: &Bytes) -> Result<String, StoreError> {
     let encode = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(Md5::digest(d));
     if data.len() <= INLINE_MD5_LIMIT {
         return Ok(encode(data));

@@ -1,6 +1,7 @@
 //! Listing and removing: the objects the store manages, a key's removal with any upload left
 //! for it, and the sweep of incomplete multipart uploads.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -26,10 +27,25 @@ impl Inner {
             Err(e) => return Err(e),
         }
         // A crashed or cancelled upload of this key may have left a multipart upload behind.
-        for (upload_key, upload_id, _) in self.list_uploads(&full).await? {
-            if upload_key == full {
-                self.abort_upload(&full, &upload_id).await?;
+        // The object is gone, which is what the caller asked: a leftover that cannot be listed
+        // or aborted now (say, without the ListMultipartUploads permission) is the sweep's.
+        match self.list_uploads(&full).await {
+            Ok(uploads) => {
+                for (upload_key, upload_id, _) in uploads {
+                    if upload_key == full {
+                        if let Err(e) = self.abort_upload(&full, &upload_id).await {
+                            tracing::warn!(
+                                store = %self.name, %key, error = %e,
+                                "aborting an upload of a deleted object failed; the sweep will"
+                            );
+                        }
+                    }
+                }
             }
+            Err(e) => tracing::warn!(
+                store = %self.name, %key, error = %e,
+                "listing the uploads of a deleted object failed; the sweep removes any"
+            ),
         }
         Ok(())
     }
@@ -65,8 +81,13 @@ impl Inner {
         Ok(out)
     }
 
-    /// Aborts the multipart uploads under the prefix initiated before `older_than` ago.
-    pub async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
+    /// Aborts the multipart uploads under the prefix initiated before `older_than` ago, except
+    /// those of keys `in_progress`.
+    pub async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
         let cutoff = SystemTime::now()
             .checked_sub(older_than)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -75,7 +96,7 @@ impl Inner {
             let ours = key
                 .strip_prefix(self.prefix.as_str())
                 .and_then(ObjectKey::parse)
-                .is_some();
+                .is_some_and(|k| !in_progress.contains(&k));
             // No initiation time: leave it, rather than abort an upload that may be live.
             if ours && initiated.is_some_and(|t| t <= cutoff) {
                 self.abort_upload(&key, &upload_id).await?;

@@ -79,9 +79,10 @@ impl Inner {
 
     pub fn failure(&self, what: &str, failure: Failure) -> StoreError {
         match failure {
-            Failure::Transport(e) => {
-                self.unavailable(format!("{what}: cannot reach Swift: {}", transport_detail(&e)))
-            }
+            Failure::Transport(e) => self.unavailable(format!(
+                "{what}: cannot reach Swift: {}",
+                transport_detail(&e)
+            )),
             Failure::Status(s) => match s.as_u16() {
                 401 => self.unavailable(format!(
                     "{what}: Swift refused the token even after renewing it (HTTP 401)"
@@ -90,9 +91,11 @@ impl Inner {
                     store: self.store().to_owned(),
                     message: format!("{what}: HTTP 403"),
                 },
-                413 => self.other(format!(
-                    "{what}: Swift refused the object as too large (HTTP 413); lower large_object_size"
-                )),
+                // Past the cluster's max_file_size, or more segments than a manifest may name.
+                413 => StoreError::TooLarge {
+                    store: self.store().to_owned(),
+                    message: format!("{what}: HTTP 413"),
+                },
                 507 => StoreError::StorageFull {
                     store: self.store().to_owned(),
                 },

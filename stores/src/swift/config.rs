@@ -62,6 +62,10 @@ pub struct SwiftStoreConfig {
     /// upload's body and Swift's answer.
     #[serde(default = "default_read_timeout")]
     pub read_timeout_secs: u64,
+    /// Take the container over from the registry its ownership marker names (off: refuse to
+    /// start).
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 /// What a valid configuration gives the store beyond its plain settings.

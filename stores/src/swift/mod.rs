@@ -27,9 +27,11 @@ mod config;
 mod download;
 mod feed;
 mod guard;
+mod ownership;
 mod sweep;
 mod upload;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -38,13 +40,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 pub use config::SwiftStoreConfig;
 
 use crate::{
-    ByteStream, ForeignObject, GetObject, ObjectInfo, ObjectKey, PutOptions, Store, StoreError,
-    StoreName, SweepReport,
+    ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, PutOptions, Store,
+    StoreError, StoreName, SweepReport,
 };
 use auth::{token_header, Credentials, Session};
 use config::config_err;
@@ -267,7 +270,23 @@ impl Store for SwiftStore {
     /// Removes the segments of upload runs whose newest segment is older than `older_than` and
     /// that no manifest names. `older_than` must exceed the time one segment takes to upload,
     /// since a segment in flight is not listed yet.
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
-        self.inner.sweep_incomplete(older_than).await
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
+        self.inner.sweep_incomplete(older_than, in_progress).await
+    }
+
+    fn namespaces(&self) -> Vec<Namespace> {
+        self.inner.namespaces()
+    }
+
+    async fn read_marker(&self) -> Result<Option<Bytes>, StoreError> {
+        self.inner.read_marker().await
+    }
+
+    async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
+        self.inner.write_marker(content).await
     }
 }

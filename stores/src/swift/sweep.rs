@@ -1,6 +1,7 @@
 //! Listing and removing: the objects the store manages, a key's removal with its segments, and
 //! the sweep of abandoned upload runs.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
@@ -112,11 +113,17 @@ impl Inner {
                             || !(report.status.starts_with("200")
                                 || report.status.starts_with("404"))
                         {
-                            return Err(inner.other(format!(
+                            let message = format!(
                                 "{what}: Swift reported {} ({} segment errors)",
                                 report.status,
                                 failed.len()
-                            )));
+                            );
+                            // The image is deleted once its manifest is: segments Swift could
+                            // not remove are leftovers for the sweep, not a failed delete.
+                            if inner.head(&inner.container, key.as_str()).await?.is_some() {
+                                return Err(inner.other(message));
+                            }
+                            tracing::warn!(store = %inner.name, %key, "{message}; the sweep removes what is left");
                         }
                     }
                     s => return Err(inner.status_error(&what, s)),
@@ -128,16 +135,23 @@ impl Inner {
                     let ours = format!("{key}{SEGMENT_MARK}");
                     if let Some((container, prefix)) = manifest.split_once('/') {
                         if prefix.starts_with(&ours) && valid_container(container) {
-                            inner.delete_prefix(container, prefix).await?;
+                            if let Err(e) = inner.delete_prefix(container, prefix).await {
+                                tracing::warn!(store = %inner.name, %key, error = %e, "removing the segments of a deleted image failed; the sweep removes them");
+                            }
                         }
                     }
                 }
             }
         }
-        // Leftovers of any earlier upload of this key: failed, cancelled or overwritten.
-        inner
+        // Leftovers of any earlier upload of this key: failed, cancelled or overwritten. The
+        // image is gone already: what cannot be listed or removed now (say, a token without
+        // listing rights on the segment container) is the sweep's.
+        if let Err(e) = inner
             .delete_prefix(&inner.segment_container, &format!("{key}{SEGMENT_MARK}"))
-            .await?;
+            .await
+        {
+            tracing::warn!(store = %inner.name, %key, error = %e, "removing upload leftovers of a deleted image failed; the sweep removes them");
+        }
         Ok(())
     }
 
@@ -160,7 +174,11 @@ impl Inner {
     /// Removes the segments of upload runs whose newest segment is older than `older_than` and
     /// that no manifest names. `older_than` must exceed the time one segment takes to upload,
     /// since a segment in flight is not listed yet.
-    pub async fn sweep_incomplete(&self, older_than: Duration) -> Result<SweepReport, StoreError> {
+    pub async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        in_progress: &BTreeSet<ObjectKey>,
+    ) -> Result<SweepReport, StoreError> {
         let inner = self;
         let now = SystemTime::now();
         let mut runs: std::collections::BTreeMap<(ObjectKey, String), (SystemTime, Vec<String>)> =
@@ -169,6 +187,9 @@ impl Inner {
             let Some((key, run)) = parse_segment_name(&listed.name) else {
                 continue; // not ours
             };
+            if in_progress.contains(&key) {
+                continue;
+            }
             let Some(modified) = listed.last_modified.as_deref().and_then(parse_listing_time)
             else {
                 continue;

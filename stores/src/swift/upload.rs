@@ -238,12 +238,14 @@ impl Inner {
             ManifestKind::Static { max_segments } => max_segments,
             ManifestKind::Dynamic => u64::MAX,
         };
-        let too_many = || {
-            self.other(format!(
+        // The client's image is too large for this cluster (and segment size): a 413, not ours.
+        let too_many = || StoreError::TooLarge {
+            store: self.store().to_owned(),
+            message: format!(
                 "{key} needs more than the cluster's {max_segments} segments of {} bytes; \
                  raise segment_size",
                 self.segment_size
-            ))
+            ),
         };
         if size_hint.is_some_and(|n| n.div_ceil(self.segment_size) > max_segments) {
             return Err(too_many());
