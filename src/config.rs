@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use stores::{StoreConfig, StoreName};
+use stores::{HashAlgo, StoreConfig, StoreName};
 
 use crate::protection::PropertyRules;
 
@@ -37,6 +37,28 @@ pub enum PublicizeImage {
     Admin,
     /// Every caller that may create or update the image.
     Anyone,
+}
+
+/// `hashing_algorithm`: the multihash recorded next to the MD5 (Glance's option of that name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashingAlgorithm {
+    Sha256,
+    Sha384,
+    Sha512,
+    /// Only the MD5.
+    None,
+}
+
+impl HashingAlgorithm {
+    fn algo(self) -> Option<HashAlgo> {
+        match self {
+            Self::Sha256 => Some(HashAlgo::Sha256),
+            Self::Sha384 => Some(HashAlgo::Sha384),
+            Self::Sha512 => Some(HashAlgo::Sha512),
+            Self::None => None,
+        }
+    }
 }
 
 /// The file as written; `None` means "not set".
@@ -71,6 +93,8 @@ pub struct ConfigFile {
     pub sweep_interval: Option<u64>,
     /// Incomplete uploads younger than this many seconds are left alone by a sweep.
     pub sweep_min_age: Option<u64>,
+    /// `sha512` (default), `sha256`, `sha384` or `none`.
+    pub hashing_algorithm: Option<HashingAlgorithm>,
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
 }
@@ -147,6 +171,8 @@ pub struct Config {
     pub remote_sources: RemoteSources,
     pub sweep_interval: u64,
     pub sweep_min_age: u64,
+    /// The multihash computed with every upload; `None` for MD5 only.
+    pub hashing_algorithm: Option<HashAlgo>,
     pub stores: BTreeMap<StoreName, StoreConfig>,
 }
 
@@ -276,6 +302,10 @@ impl Config {
             remote_sources: file.remote_sources.unwrap_or(RemoteSources::Public),
             sweep_interval: file.sweep_interval.unwrap_or(3600),
             sweep_min_age: file.sweep_min_age.unwrap_or(86_400),
+            hashing_algorithm: file
+                .hashing_algorithm
+                .unwrap_or(HashingAlgorithm::Sha512)
+                .algo(),
             stores,
         })
     }
@@ -298,6 +328,25 @@ mod tests {
         assert_eq!(c.registry_path, PathBuf::from("./data/registry"));
         assert_eq!(c.limit_param_default, 25);
         assert_eq!(c.image_size_cap, 1 << 40);
+        assert_eq!(c.hashing_algorithm, Some(HashAlgo::Sha512));
+    }
+
+    #[test]
+    fn hashing_algorithm_none_keeps_only_the_md5() {
+        assert_eq!(
+            resolve("hashing_algorithm = \"none\"")
+                .unwrap()
+                .hashing_algorithm,
+            None
+        );
+        assert_eq!(
+            resolve("hashing_algorithm = \"sha256\"")
+                .unwrap()
+                .hashing_algorithm,
+            Some(HashAlgo::Sha256)
+        );
+        let err = format!("{:#}", resolve("hashing_algorithm = \"md5\"").unwrap_err());
+        assert!(err.contains("hashing_algorithm"), "{err}");
     }
 
     #[test]

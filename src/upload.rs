@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use stores::{put_digested, ByteStream, ObjectKey, PutError, Store};
+use stores::{put_digested_with, ByteStream, ObjectKey, PutError, Store};
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
@@ -192,25 +192,26 @@ pub async fn upload(
     }
     let cap = state.config.image_size_cap;
     let limit = cap.min(remaining);
-    let stored =
-        match put_digested(&*store, &key, body, expected_size.or(content_length), limit).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                guard.fail_after_store_cleanup().await;
-                // A DELETE during the upload also removes the partial data under the store's
-                // feet, so the store's error is a consequence; the cause is the delete.
-                if was_deleted(&state.registry, id).await {
-                    return Err(deleted_while_uploading());
-                }
-                return Err(match e {
-                    PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
-                    PutError::TooLarge { .. } => {
-                        ApiError::too_large(format!("Image exceeds the size limit of {cap} bytes"))
-                    }
-                    other => other.into(),
-                });
+    let size_hint = expected_size.or(content_length);
+    let multihash = state.config.hashing_algorithm;
+    let stored = match put_digested_with(&*store, &key, body, size_hint, limit, multihash).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            guard.fail_after_store_cleanup().await;
+            // A DELETE during the upload also removes the partial data under the store's
+            // feet, so the store's error is a consequence; the cause is the delete.
+            if was_deleted(&state.registry, id).await {
+                return Err(deleted_while_uploading());
             }
-        };
+            return Err(match e {
+                PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
+                PutError::TooLarge { .. } => {
+                    ApiError::too_large(format!("Image exceeds the size limit of {cap} bytes"))
+                }
+                other => other.into(),
+            });
+        }
+    };
 
     if let Some(expected) = expected_size {
         if expected != stored.size {
@@ -232,6 +233,9 @@ pub async fn upload(
     }
 
     let size = stored.size;
+    let os_hash = stored
+        .multihash
+        .map(|m| (m.algo.as_str().to_owned(), m.hex()));
     let activated = state
         .registry
         .update::<ApiError, _>(id, move |s| {
@@ -241,6 +245,8 @@ pub async fn upload(
             s.record.status = ImageStatus::Active;
             s.record.size = size;
             s.record.checksum = Some(md5.clone());
+            s.record.os_hash_algo = os_hash.as_ref().map(|(algo, _)| algo.clone());
+            s.record.os_hash_value = os_hash.as_ref().map(|(_, value)| value.clone());
             s.record.updated_at = Timestamp::now();
             Ok(())
         })

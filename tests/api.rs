@@ -15,6 +15,8 @@ mod identity;
 mod listing;
 #[path = "api/members.rs"]
 mod members;
+#[path = "api/multihash.rs"]
+mod multihash;
 #[path = "api/protection.rs"]
 mod protection;
 #[path = "api/quotas.rs"]

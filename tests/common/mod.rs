@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glance_gateway::config::{
-    AuthMode, Config, ConfigFile, Overrides, PublicizeImage, QuotaValue, RemoteSources,
+    AuthMode, Config, ConfigFile, HashingAlgorithm, Overrides, PublicizeImage, QuotaValue,
+    RemoteSources,
 };
 use glance_gateway::model::{ImageId, ImageRecord};
 use glance_gateway::registry::StoredImage;
@@ -54,6 +55,7 @@ pub struct TestAppBuilder {
     default_store: Option<String>,
     remote_sources: Option<RemoteSources>,
     sweep_min_age: Option<u64>,
+    hashing_algorithm: Option<HashingAlgorithm>,
 }
 
 impl TestAppBuilder {
@@ -132,6 +134,10 @@ impl TestAppBuilder {
         self.sweep_min_age = Some(v);
         self
     }
+    pub fn hashing_algorithm(mut self, v: HashingAlgorithm) -> Self {
+        self.hashing_algorithm = Some(v);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -181,6 +187,7 @@ impl TestAppBuilder {
             default_store: self.default_store.clone(),
             remote_sources: self.remote_sources,
             sweep_min_age: self.sweep_min_age,
+            hashing_algorithm: self.hashing_algorithm,
             stores,
             ..ConfigFile::default()
         };
