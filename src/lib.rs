@@ -2,6 +2,8 @@
 //! stores.
 
 pub mod access;
+pub mod admin_cli;
+pub mod admin_ops;
 pub mod catalog;
 pub mod config;
 pub mod error;

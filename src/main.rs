@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use glance_gateway::admin_cli;
 use glance_gateway::config::{AuthMode, Config, Overrides};
 use tracing_subscriber::EnvFilter;
 
@@ -34,21 +35,32 @@ enum Command {
         #[arg(long, value_enum)]
         auth: Option<AuthMode>,
     },
+    /// List images with their status, size, store and owner (asks the running gateway).
+    Images(admin_cli::ImagesArgs),
+    /// Re-read images' data and check size, MD5 and multihash against the registry.
+    Verify(admin_cli::VerifyArgs),
+    /// Move images' data to another store, keeping their ids.
+    Migrate(admin_cli::MigrateArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let (config, bind, data_dir, auth) = match Cli::parse().command {
+        Command::Serve {
+            config,
+            bind,
+            data_dir,
+            auth,
+        } => (config, bind, data_dir, auth),
+        Command::Images(args) => return admin_exit(admin_cli::images(args).await),
+        Command::Verify(args) => return admin_exit(admin_cli::verify(args).await),
+        Command::Migrate(args) => return admin_exit(admin_cli::migrate(args).await),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let Command::Serve {
-        config,
-        bind,
-        data_dir,
-        auth,
-    } = Cli::parse().command;
     match run(
         config,
         Overrides {
@@ -60,6 +72,18 @@ async fn main() -> ExitCode {
     .await
     {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("glance-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status of an admin subcommand: 1 on any problem found or any failure.
+fn admin_exit(outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("glance-gateway: {e:#}");
             ExitCode::FAILURE

@@ -65,6 +65,8 @@ pub async fn scrub(state: &AppState) -> anyhow::Result<usize> {
 /// Removes incomplete uploads and unreferenced objects older than `sweep_min_age` in every store.
 pub async fn sweep(state: &AppState) {
     let min_age = Duration::from_secs(state.config.sweep_min_age);
+    // Read before the registry: a migration that finishes in between is in the registry then.
+    let migrating = state.migrations.protected_objects();
     let referenced: HashSet<(String, String)> = match state.registry.all().await {
         Ok(all) => all
             .into_iter()
@@ -72,6 +74,7 @@ pub async fn sweep(state: &AppState) {
                 s.record.status != ImageStatus::Deleted && s.record.status != ImageStatus::Killed
             })
             .filter_map(|s| s.record.location.map(|l| (l.store, l.key)))
+            .chain(migrating)
             .collect(),
         Err(e) => {
             tracing::error!(error = %e, "sweep skipped: registry unreadable");

@@ -52,6 +52,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
         registry,
         stores: Arc::new(stores),
         remote,
+        migrations: Default::default(),
     };
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use stores::{Store, Stores};
 
+use crate::admin_ops::Migrations;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::Registry;
@@ -15,6 +16,8 @@ pub struct AppState {
     pub registry: Registry,
     pub stores: Arc<Stores>,
     pub remote: RemoteClient,
+    /// Migrations in progress (admin operations), which the orphan sweep must respect.
+    pub migrations: Migrations,
 }
 
 impl AppState {

@@ -3,6 +3,8 @@
 
 mod common;
 
+#[path = "api/admin_ops.rs"]
+mod admin_ops;
 #[path = "api/codec.rs"]
 mod codec;
 #[path = "api/create.rs"]
