@@ -293,7 +293,8 @@ async fn select(
     state: &AppState,
     selection: &Selection,
 ) -> ApiResult<Vec<(String, Option<ImageRecord>)>> {
-    if selection.all == !selection.ids.is_empty() {
+    // Exactly one of the two.
+    if selection.all != selection.ids.is_empty() {
         return Err(ApiError::bad_request(
             "Name image ids or ask for all images.",
         ));
