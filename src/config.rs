@@ -9,8 +9,6 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use stores::{HashAlgo, StoreConfig, StoreName};
 
-use crate::protection::PropertyRules;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
@@ -155,7 +153,8 @@ pub struct Config {
     pub admin_role: String,
     pub allow_anonymous_access: bool,
     pub publicize_image: PublicizeImage,
-    pub property_rules: PropertyRules,
+    /// The property protection rules file; the compiled rules live in `AppState`.
+    pub property_protection_file: Option<PathBuf>,
     pub image_size_cap: u64,
     pub user_storage_quota: u64,
     pub image_property_quota: i64,
@@ -273,12 +272,7 @@ impl Config {
             admin_role: admin_role.to_lowercase(),
             allow_anonymous_access: file.allow_anonymous_access.unwrap_or(false),
             publicize_image: file.publicize_image.unwrap_or(PublicizeImage::Admin),
-            property_rules: match &file.property_protection_file {
-                Some(path) => {
-                    PropertyRules::load(path).context("config key `property_protection_file`")?
-                }
-                None => PropertyRules::default(),
-            },
+            property_protection_file: file.property_protection_file,
             image_size_cap: file.image_size_cap.unwrap_or(1 << 40),
             user_storage_quota: file
                 .user_storage_quota

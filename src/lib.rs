@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod listing;
 pub mod maintenance;
+pub mod membership;
 pub mod model;
 pub mod protection;
 pub mod registry;

@@ -41,7 +41,7 @@ pub async fn scrub(state: &AppState) -> anyhow::Result<usize> {
             continue;
         }
         if let Some(loc) = &r.location {
-            if let Err(e) = delete_data(state, &loc.store, &loc.key).await {
+            if let Err(e) = delete_data(state, loc).await {
                 tracing::warn!(image = %r.id, error = %e.message, "scrub failed; will retry");
                 continue;
             }
@@ -73,7 +73,7 @@ pub async fn sweep(state: &AppState) {
             .filter(|s| {
                 s.record.status != ImageStatus::Deleted && s.record.status != ImageStatus::Killed
             })
-            .filter_map(|s| s.record.location.map(|l| (l.store, l.key)))
+            .filter_map(|s| s.record.location.map(|l| (l.store.into(), l.key.into())))
             .chain(migrating)
             .collect(),
         Err(e) => {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use stores::{ObjectKey, StoreName};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
@@ -99,11 +100,21 @@ impl Timestamp {
 }
 
 /// Where an image's bytes are kept: a configured store and a key inside it. Holds no secret;
-/// credentials stay in the store's configuration.
+/// credentials stay in the store's configuration. Both are kept as plain JSON strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLocation {
-    pub store: String,
-    pub key: String,
+    pub store: StoreName,
+    pub key: ObjectKey,
+}
+
+impl StoredLocation {
+    /// Where the gateway keeps the data of image `id` in `store`: the id is the key.
+    pub fn for_image(store: &StoreName, id: &ImageId) -> Self {
+        Self {
+            store: store.clone(),
+            key: ObjectKey::parse(id.as_str()).expect("image ids are valid object keys"),
+        }
+    }
 }
 
 /// One image as the registry keeps it.
@@ -147,7 +158,7 @@ pub struct ImageRecord {
 /// A registered object: the store whose backend holds it, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisteredLocation {
-    pub store: String,
+    pub store: StoreName,
     pub object: stores::ForeignObject,
 }
 
@@ -209,6 +220,20 @@ mod tests {
         ] {
             assert!(ImageId::parse(bad).is_none(), "{bad:?}");
         }
+    }
+
+    /// Records written before locations were typed decode unchanged and encode to the same JSON.
+    #[test]
+    fn stored_locations_keep_their_json() {
+        let old = r#"{"id":"3c1b0d2e-aaaa-4bbb-8ccc-0123456789ab","name":"n","status":"active","size":3,"virtual_size":null,"disk_format":"raw","container_format":"bare","checksum":null,"min_disk":0,"min_ram":0,"is_public":false,"protected":false,"owner":null,"created_at":1,"updated_at":2,"deleted_at":null,"deleted":false,"properties":{},"location":{"store":"file","key":"3c1b0d2e-aaaa-4bbb-8ccc-0123456789ab"},"remote_url":null,"registered":{"store":"s3","object":{"container":"bucket","name":"a/b.qcow2"}}}"#;
+        let record: ImageRecord = serde_json::from_str(old).unwrap();
+        let loc = record.location.as_ref().unwrap();
+        assert_eq!(loc.store.as_str(), "file");
+        assert_eq!(loc.key.as_str(), "3c1b0d2e-aaaa-4bbb-8ccc-0123456789ab");
+        assert_eq!(record.registered.as_ref().unwrap().store.as_str(), "s3");
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let bad = old.replace(r#""store":"file""#, r#""store":"../x""#);
+        assert!(serde_json::from_str::<ImageRecord>(&bad).is_err());
     }
 
     #[test]

@@ -3,13 +3,23 @@
 //! (`property-protections-roles.conf`): INI sections named by a regular expression, tried in
 //! file order, each with `create`, `read`, `update` and `delete` lists of roles, `@` for every
 //! caller and `!` for none. A property no section matches is refused to everyone.
+//!
+//! Every property-protection decision is made here: what a create or update may send, what a
+//! purge keeps, which properties a caller is shown and which list filters it may use.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use regex::Regex;
 
 use crate::access::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::model::ImageRecord;
+
+/// Image properties as a request sends them or the registry keeps them.
+pub type Properties = BTreeMap<String, Option<String>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -69,8 +79,13 @@ pub struct PropertyRules {
 }
 
 impl PropertyRules {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
+    /// The rules of `property_protection_file`, or none (everything open) when it is not set.
+    pub async fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = tokio::fs::read_to_string(path)
+            .await
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid rules in {}", path.display()))
     }
@@ -129,6 +144,79 @@ impl PropertyRules {
         }
         .admits(caller)
     }
+
+    /// POST: every property sent must be one the caller may create.
+    pub fn check_create(&self, caller: &Caller, sent: &Properties) -> ApiResult<()> {
+        match sent.keys().find(|k| !self.allows(caller, k, Op::Create)) {
+            Some(key) => Err(protected(key)),
+            None => Ok(()),
+        }
+    }
+
+    /// PUT. Sending a property needs read access (and update access to change its value, create
+    /// access when it is new); a purge keeps the properties the caller cannot read (adding them
+    /// to `sent`) and refuses to drop one it may read but not delete.
+    pub fn check_update(
+        &self,
+        caller: &Caller,
+        stored: &Properties,
+        sent: &mut Properties,
+        purge: bool,
+    ) -> ApiResult<()> {
+        if !self.is_active() {
+            return Ok(());
+        }
+        for (key, value) in sent.iter() {
+            let allowed = match stored.get(key) {
+                None => self.allows(caller, key, Op::Create),
+                Some(old) => {
+                    self.allows(caller, key, Op::Read)
+                        && (old == value || self.allows(caller, key, Op::Update))
+                }
+            };
+            if !allowed {
+                return Err(protected(key));
+            }
+        }
+        if purge {
+            for (key, value) in stored {
+                if sent.contains_key(key) {
+                    continue;
+                }
+                if !self.allows(caller, key, Op::Read) {
+                    sent.insert(key.clone(), value.clone());
+                } else if !self.allows(caller, key, Op::Delete) {
+                    return Err(protected(key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record as the caller may see it: properties it may not read left out.
+    pub fn readable<'a>(&self, caller: &Caller, record: &'a ImageRecord) -> Cow<'a, ImageRecord> {
+        if !self.is_active() {
+            return Cow::Borrowed(record);
+        }
+        let mut shown = record.clone();
+        shown
+            .properties
+            .retain(|k, _| self.allows(caller, k, Op::Read));
+        Cow::Owned(shown)
+    }
+
+    /// Filtering a list on a property the caller may not read would reveal its values.
+    pub fn may_filter_on<'a>(
+        &self,
+        caller: &Caller,
+        mut keys: impl Iterator<Item = &'a String>,
+    ) -> bool {
+        keys.all(|k| self.allows(caller, k, Op::Read))
+    }
+}
+
+fn protected(key: &str) -> ApiError {
+    ApiError::forbidden(format!("Property '{key}' is protected"))
 }
 
 #[cfg(test)]
@@ -186,6 +274,65 @@ delete = @
             PropertyRules::parse("[^only$]\ncreate=@\nread=@\nupdate=@\ndelete=@\n").unwrap();
         assert!(!rules.allows(&caller(&[]), "other", Op::Read));
         assert!(PropertyRules::default().allows(&caller(&[]), "other", Op::Delete));
+    }
+
+    #[test]
+    fn updates_keep_what_the_caller_cannot_read() {
+        let rules = PropertyRules::parse(RULES).unwrap();
+        let member = caller(&["member"]);
+        let props = |pairs: &[(&str, &str)]| -> Properties {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                .collect()
+        };
+        let stored = props(&[("x_none_secret", "s"), ("os_distro", "u")]);
+        // A purge keeps the unreadable property and drops the readable, deletable one.
+        let mut sent = props(&[]);
+        rules
+            .check_update(&member, &stored, &mut sent, true)
+            .unwrap();
+        assert_eq!(sent, props(&[("x_none_secret", "s")]));
+        // Changing a value needs update access; resending it unchanged does not.
+        let stored = props(&[("x_owner_a", "1")]);
+        let mut same = props(&[("x_owner_a", "1")]);
+        rules
+            .check_update(&member, &stored, &mut same, false)
+            .unwrap();
+        let mut changed = props(&[("x_owner_a", "2")]);
+        let err = rules.check_update(&member, &stored, &mut changed, false);
+        assert_eq!(
+            err.unwrap_err().message,
+            "Property 'x_owner_a' is protected"
+        );
+        // A purge may not drop a readable property the caller may not delete.
+        let mut sent = props(&[]);
+        assert!(rules
+            .check_update(&member, &stored, &mut sent, true)
+            .is_err());
+        assert!(rules
+            .check_create(&member, &props(&[("x_none_b", "1")]))
+            .is_err());
+    }
+
+    #[test]
+    fn readers_see_only_readable_properties() {
+        let rules = PropertyRules::parse(RULES).unwrap();
+        let mut record = ImageRecord::new(
+            crate::model::ImageId::random(),
+            crate::model::Timestamp::now(),
+        );
+        record
+            .properties
+            .insert("x_none_a".into(), Some("1".into()));
+        record
+            .properties
+            .insert("os_distro".into(), Some("u".into()));
+        let shown = rules.readable(&caller(&["reader"]), &record);
+        assert_eq!(shown.properties.keys().collect::<Vec<_>>(), ["os_distro"]);
+        let keys = ["x_none_a".to_string()];
+        assert!(!rules.may_filter_on(&caller(&["admin"]), keys.iter()));
+        assert!(PropertyRules::default().may_filter_on(&caller(&[]), keys.iter()));
     }
 
     #[test]

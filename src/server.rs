@@ -2,7 +2,6 @@
 //! HTTP/1.1 with the header limits the API promises.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,13 +46,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     }
     let own_endpoints: Vec<String> = stores.iter().flat_map(|s| s.endpoints()).collect();
     let remote = RemoteClient::new(config.remote_sources, &own_endpoints)?;
-    let state = AppState {
-        config: Arc::new(config),
-        registry,
-        stores: Arc::new(stores),
-        remote,
-        migrations: Default::default(),
-    };
+    let state = AppState::new(config, registry, stores, remote).await?;
     let recovered = upload::recover_interrupted(&state).await?;
     if recovered > 0 {
         tracing::warn!(

@@ -1,12 +1,12 @@
 //! The upload pipeline, the one place image data enters a store:
 //! queued → saving → stream through the running digest into the store → verify cap, quota,
 //! size and checksum → active. Any failure kills the image and removes partial data; an
-//! [`UploadGuard`] does the same when the request future is dropped (client disconnect).
+//! `UploadGuard` does the same when the request future is dropped (client disconnect).
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use stores::{put_digested_with, ByteStream, ObjectKey, PutError, Store};
+use stores::{put_digested_with, ByteStream, ObjectKey, PutError, Store, Stored};
 
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
@@ -24,6 +24,16 @@ struct UploadGuard {
 }
 
 impl UploadGuard {
+    fn arm(state: &AppState, store: &Arc<dyn Store>, id: &ImageId, key: &ObjectKey) -> Self {
+        Self {
+            registry: state.registry.clone(),
+            store: Arc::clone(store),
+            image_id: id.clone(),
+            key: key.clone(),
+            armed: true,
+        }
+    }
+
     /// Removes the data and kills the image now, then disarms.
     async fn fail(mut self) {
         self.armed = false;
@@ -150,13 +160,50 @@ pub async fn upload(
     body: ByteStream,
     content_length: Option<u64>,
 ) -> ApiResult<ImageRecord> {
-    let key = ObjectKey::parse(id.as_str()).expect("image ids are valid object keys");
-    let location = StoredLocation {
-        store: store.name().to_string(),
-        key: key.to_string(),
+    let location = StoredLocation::for_image(store.name(), id);
+    let saving = begin_saving(&state.registry, id, location.clone()).await?;
+    let guard = UploadGuard::arm(state, &store, id, &location.key);
+    let expected_size = (saving.size > 0).then_some(saving.size);
+    let size_hint = expected_size.or(content_length);
+    let remaining = match check_quota(state, &saving, size_hint).await {
+        Ok(remaining) => remaining,
+        Err(e) => {
+            guard.fail().await;
+            return Err(e);
+        }
     };
-    let saving = state
-        .registry
+    let stored = match store_data(state, &*store, &location.key, body, size_hint, remaining).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            guard.fail_after_store_cleanup().await;
+            return Err(explain_store_failure(state, id, e, remaining).await);
+        }
+    };
+    let md5 = stored.md5_hex();
+    let verified = verify(&saving, expected_size, stored.size, &md5);
+    let activated = match verified {
+        Ok(()) => activate(&state.registry, id, &stored, md5).await,
+        Err(e) => Err(e),
+    };
+    match activated {
+        Ok(record) => {
+            guard.disarm();
+            Ok(record)
+        }
+        Err(e) => {
+            guard.fail().await;
+            Err(e)
+        }
+    }
+}
+
+/// queued → saving, recording where the data goes.
+async fn begin_saving(
+    registry: &Registry,
+    id: &ImageId,
+    location: StoredLocation,
+) -> ApiResult<ImageRecord> {
+    let saving = registry
         .update::<ApiError, _>(id, move |s| {
             if s.record.status != ImageStatus::Queued {
                 return Err(ApiError::conflict("Cannot upload to an unqueued image"));
@@ -166,78 +213,92 @@ pub async fn upload(
             s.record.updated_at = Timestamp::now();
             Ok(())
         })
-        .await?
-        .record;
-    let guard = UploadGuard {
-        registry: state.registry.clone(),
-        store: Arc::clone(&store),
-        image_id: id.clone(),
-        key: key.clone(),
-        armed: true,
-    };
+        .await?;
+    Ok(saving.record)
+}
 
-    let expected_size = (saving.size > 0).then_some(saving.size);
-    let remaining = match remaining_quota(state, saving.owner.as_deref(), id).await {
-        Ok(r) => r,
-        Err(e) => {
-            guard.fail().await;
-            return Err(e);
-        }
-    };
-    if let Some(declared) = expected_size.or(content_length) {
-        if declared > remaining {
-            guard.fail().await;
-            return Err(quota_exceeded(remaining));
-        }
+/// The bytes the owner may still store; a declared size above that is refused before any byte
+/// is read.
+async fn check_quota(
+    state: &AppState,
+    saving: &ImageRecord,
+    declared: Option<u64>,
+) -> ApiResult<u64> {
+    let remaining = remaining_quota(state, saving.owner.as_deref(), &saving.id).await?;
+    if declared.is_some_and(|declared| declared > remaining) {
+        return Err(quota_exceeded(remaining));
+    }
+    Ok(remaining)
+}
+
+/// Streams the body through the running digest into the store, within the size cap and quota.
+async fn store_data(
+    state: &AppState,
+    store: &dyn Store,
+    key: &ObjectKey,
+    body: ByteStream,
+    size_hint: Option<u64>,
+    remaining: u64,
+) -> Result<Stored, PutError> {
+    let limit = state.config.image_size_cap.min(remaining);
+    let multihash = state.config.hashing_algorithm;
+    put_digested_with(store, key, body, size_hint, limit, multihash).await
+}
+
+/// The client's error for a failed store write.
+async fn explain_store_failure(
+    state: &AppState,
+    id: &ImageId,
+    error: PutError,
+    remaining: u64,
+) -> ApiError {
+    // A DELETE during the upload also removes the partial data under the store's feet, so the
+    // store's error is a consequence; the cause is the delete.
+    if was_deleted(&state.registry, id).await {
+        return deleted_while_uploading();
     }
     let cap = state.config.image_size_cap;
-    let limit = cap.min(remaining);
-    let size_hint = expected_size.or(content_length);
-    let multihash = state.config.hashing_algorithm;
-    let stored = match put_digested_with(&*store, &key, body, size_hint, limit, multihash).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            guard.fail_after_store_cleanup().await;
-            // A DELETE during the upload also removes the partial data under the store's
-            // feet, so the store's error is a consequence; the cause is the delete.
-            if was_deleted(&state.registry, id).await {
-                return Err(deleted_while_uploading());
-            }
-            return Err(match e {
-                PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
-                PutError::TooLarge { .. } => {
-                    ApiError::too_large(format!("Image exceeds the size limit of {cap} bytes"))
-                }
-                other => other.into(),
-            });
+    match error {
+        PutError::TooLarge { .. } if remaining < cap => quota_exceeded(remaining),
+        PutError::TooLarge { .. } => {
+            ApiError::too_large(format!("Image exceeds the size limit of {cap} bytes"))
         }
-    };
+        other => other.into(),
+    }
+}
 
+/// The stored data must have the size and checksum the client supplied, if it supplied them.
+fn verify(saving: &ImageRecord, expected_size: Option<u64>, size: u64, md5: &str) -> ApiResult<()> {
     if let Some(expected) = expected_size {
-        if expected != stored.size {
-            guard.fail().await;
+        if expected != size {
             return Err(ApiError::bad_request(format!(
-                "Supplied image size ({expected}) does not match the size of the image data ({})",
-                stored.size
+                "Supplied image size ({expected}) does not match the size of the image data ({size})"
             )));
         }
     }
-    let md5 = stored.md5_hex();
     if let Some(expected) = &saving.checksum {
-        if *expected != md5 {
-            guard.fail().await;
+        if expected != md5 {
             return Err(ApiError::bad_request(format!(
                 "Supplied checksum ({expected}) and checksum generated from uploaded image ({md5}) did not match. Setting image status to 'killed'."
             )));
         }
     }
+    Ok(())
+}
 
+/// saving → active with the stored size, checksum and multihash; an image deleted meanwhile
+/// stays deleted.
+async fn activate(
+    registry: &Registry,
+    id: &ImageId,
+    stored: &Stored,
+    md5: String,
+) -> ApiResult<ImageRecord> {
     let size = stored.size;
     let os_hash = stored
         .multihash
         .map(|m| (m.algo.as_str().to_owned(), m.hex()));
-    let activated = state
-        .registry
+    let activated = registry
         .update::<ApiError, _>(id, move |s| {
             if s.record.status != ImageStatus::Saving {
                 return Err(deleted_while_uploading());
@@ -250,17 +311,8 @@ pub async fn upload(
             s.record.updated_at = Timestamp::now();
             Ok(())
         })
-        .await;
-    match activated {
-        Ok(s) => {
-            guard.disarm();
-            Ok(s.record)
-        }
-        Err(e) => {
-            guard.fail().await;
-            Err(e)
-        }
-    }
+        .await?;
+    Ok(activated.record)
 }
 
 /// Startup recovery: images a crash left in `saving` become `killed` and their partial data is
@@ -272,13 +324,13 @@ pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
             continue;
         }
         if let Some(loc) = &record.location {
-            match (state.stores.get(&loc.store), ObjectKey::parse(&loc.key)) {
-                (Some(store), Some(key)) => {
-                    if let Err(e) = store.delete(&key).await {
+            match state.stores.get(loc.store.as_str()) {
+                Some(store) => {
+                    if let Err(e) = store.delete(&loc.key).await {
                         tracing::error!(image = %record.id, error = %e, "could not remove partial data");
                     }
                 }
-                _ => {
+                None => {
                     tracing::warn!(image = %record.id, store = %loc.store, "partial data in an unconfigured store left alone")
                 }
             }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use stores::{HashAlgo, Hashing, ObjectKey, Store, StoreError};
+use stores::{HashAlgo, Hashing, Store, StoreError};
 
 use super::{ClientGone, Event, Events};
 use crate::model::ImageRecord;
@@ -115,18 +115,17 @@ pub async fn verify_image(
     let expected = Expected::of(record);
     let id = record.id.as_str();
     if let Some(loc) = &record.location {
-        let (Some(store), Some(key)) = (state.stores.get(&loc.store), ObjectKey::parse(&loc.key))
-        else {
+        let Some(store) = state.stores.get(loc.store.as_str()) else {
             return Ok(Outcome::Error(format!(
                 "store {} is not configured",
                 loc.store
             )));
         };
-        let opened = store.get(&key, None).await;
+        let opened = store.get(&loc.key, None).await;
         return check_object(store.as_ref(), opened, &expected, throttle, id, events).await;
     }
     if let Some(reg) = &record.registered {
-        let Some(store) = state.stores.get(&reg.store) else {
+        let Some(store) = state.stores.get(reg.store.as_str()) else {
             return Ok(Outcome::Error(format!(
                 "store {} is not configured",
                 reg.store

@@ -117,16 +117,15 @@ async fn migrate_one(
             "the data is not in a store the gateway manages (registered or remote location)".into(),
         ));
     };
-    if old.store == target.name().as_str() {
+    if &old.store == target.name() {
         return Ok(Ok(None));
     }
-    let (Some(source), Some(old_key)) = (
-        state.stores.get(&old.store).cloned(),
-        ObjectKey::parse(&old.key),
-    ) else {
+    let Some(source) = state.stores.get(old.store.as_str()).cloned() else {
         return Ok(Err(format!("store {} is not configured", old.store)));
     };
-    let key = ObjectKey::parse(record.id.as_str()).expect("image ids are valid object keys");
+    let old_key = old.key.clone();
+    let new_location = StoredLocation::for_image(target.name(), &record.id);
+    let key = new_location.key.clone();
     let _new_guard = state
         .migrations
         .protect(target.name().as_str(), key.as_str());
@@ -211,10 +210,6 @@ async fn migrate_one(
     }
 
     // The switch: one registry update, only if nothing moved the image meanwhile.
-    let new_location = StoredLocation {
-        store: target.name().to_string(),
-        key: key.to_string(),
-    };
     let from = old.clone();
     let switched = state
         .registry
@@ -245,7 +240,9 @@ async fn migrate_one(
     tracing::info!(image = %record.id, from = %old.store, to = %target.name(), "image migrated");
     Ok(Ok(Some(Retired {
         id: record.id.to_string(),
-        _guard: state.migrations.protect(&old.store, &old.key),
+        _guard: state
+            .migrations
+            .protect(old.store.as_str(), old.key.as_str()),
         store: source,
         key: old_key,
     })))
@@ -261,7 +258,7 @@ async fn remove_copy(
     let current = state.registry.get(&record.id).await.ok().flatten();
     let referenced = current
         .and_then(|s| s.record.location)
-        .is_some_and(|l| l.store == target.name().as_str() && l.key == key.as_str());
+        .is_some_and(|l| &l.store == target.name() && &l.key == key);
     if referenced {
         return;
     }

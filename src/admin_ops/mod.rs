@@ -104,10 +104,19 @@ impl Drop for ObjectGuard {
     }
 }
 
+/// A configured store a request names.
+fn named_store(state: &AppState, name: &str) -> ApiResult<Arc<dyn stores::Store>> {
+    state
+        .stores
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request(format!("No store named {name} is configured")))
+}
+
 /// Where an image's data is, as the admin views name it.
 fn store_of(record: &ImageRecord) -> Option<&str> {
     if let Some(loc) = &record.location {
-        return Some(&loc.store);
+        return Some(loc.store.as_str());
     }
     record.registered.as_ref().map(|r| r.store.as_str())
 }
@@ -169,7 +178,7 @@ async fn list_images(
     Query(query): Query<ImagesQuery>,
 ) -> ApiResult<Response> {
     if let Some(store) = &query.store {
-        state.store_named(store)?;
+        named_store(&state, store)?;
     }
     let mut records: Vec<ImageRecord> = state
         .registry
@@ -300,7 +309,7 @@ async fn select(
         ));
     }
     if let Some(store) = &selection.store {
-        state.store_named(store)?;
+        named_store(state, store)?;
     }
     let in_store =
         |r: &ImageRecord| selection.store.is_none() || store_of(r) == selection.store.as_deref();
@@ -404,7 +413,7 @@ async fn migrate(
     State(state): State<AppState>,
     Json(request): Json<MigrateRequest>,
 ) -> ApiResult<Response> {
-    let target = state.store_named(&request.to)?;
+    let target = named_store(&state, &request.to)?;
     let selection = Selection {
         ids: request.ids,
         all: false,

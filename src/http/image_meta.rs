@@ -1,13 +1,13 @@
-//! The `x-image-meta-*` header codec, pure: request headers → [`MetaPatch`], and an image record →
-//! response headers. No I/O, no configuration beyond what is passed in.
+//! The `x-image-meta-*` header codec, pure: request headers → [`MetaPatch`] (a catalogue type),
+//! and an image record → response headers. No I/O, no configuration beyond what is passed in.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use time::format_description::well_known::Iso8601;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
+use crate::catalog::MetaPatch;
 use crate::model::ImageRecord;
 
 const PREFIX: &str = "x-image-meta-";
@@ -40,27 +40,6 @@ const CORE_FIELDS: &[&str] = &[
     "copy_from",
     "uri",
 ];
-
-/// What a POST or PUT asks to change. `Some(None)` means "set to null" (an empty header).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct MetaPatch {
-    pub name: Option<Option<String>>,
-    pub id: Option<String>,
-    pub status: Option<String>,
-    pub size: Option<u64>,
-    pub virtual_size: Option<Option<u64>>,
-    pub disk_format: Option<Option<String>>,
-    pub container_format: Option<Option<String>>,
-    pub checksum: Option<Option<String>>,
-    pub min_disk: Option<u64>,
-    pub min_ram: Option<u64>,
-    pub is_public: Option<bool>,
-    pub protected: Option<bool>,
-    pub owner: Option<Option<String>>,
-    pub location: Option<String>,
-    pub store: Option<String>,
-    pub properties: BTreeMap<String, Option<String>>,
-}
 
 /// A refused header; the message is what Glance clients match on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -262,43 +241,6 @@ pub fn decode(headers: &HeaderMap) -> Result<MetaPatch, MetaError> {
         }
     }
     Ok(patch)
-}
-
-const AMAZON_FORMATS: &[&str] = &["aki", "ari", "ami"];
-
-/// Checks the formats a request names against the allowed lists and applies the aki/ari/ami
-/// pairing (which looks at the request only).
-pub fn validate_formats(
-    patch: &mut MetaPatch,
-    disk_formats: &[String],
-    container_formats: &[String],
-) -> Result<(), MetaError> {
-    if let Some(disk) = &patch.disk_format {
-        let value = disk.as_deref().unwrap_or("");
-        if !disk_formats.iter().any(|f| f == value) {
-            return err(format!("Invalid disk format '{value}' for image."));
-        }
-    }
-    if let Some(container) = &patch.container_format {
-        let value = container.as_deref().unwrap_or("");
-        if !container_formats.iter().any(|f| f == value) {
-            return err(format!("Invalid container format '{value}' for image."));
-        }
-    }
-    let disk = patch.disk_format.clone().flatten();
-    let container = patch.container_format.clone().flatten();
-    let is_amazon = |f: &Option<String>| f.as_deref().is_some_and(|f| AMAZON_FORMATS.contains(&f));
-    if is_amazon(&disk) || is_amazon(&container) {
-        match (&disk, &container) {
-            (Some(d), None) => patch.container_format = Some(Some(d.clone())),
-            (None, Some(c)) => patch.disk_format = Some(Some(c.clone())),
-            (Some(d), Some(c)) if d != c => {
-                return err("Invalid mix of disk and container formats. When setting a disk or container format to one of 'aki', 'ari', or 'ami', the container and disk formats must match.")
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 fn header_name(name: &str) -> Option<HeaderName> {
@@ -534,43 +476,6 @@ mod tests {
         .is_err());
     }
 
-    fn formats() -> (Vec<String>, Vec<String>) {
-        (
-            crate::config::DEFAULT_DISK_FORMATS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            crate::config::DEFAULT_CONTAINER_FORMATS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn formats_and_amazon_pairing() {
-        let (d, c) = formats();
-        let mut p = decode_pairs(&[("x-image-meta-disk_format", "nope")]).unwrap();
-        assert_eq!(
-            validate_formats(&mut p, &d, &c).unwrap_err().0,
-            "Invalid disk format 'nope' for image."
-        );
-        let mut p = decode_pairs(&[("x-image-meta-container_format", "")]).unwrap();
-        assert!(validate_formats(&mut p, &d, &c).is_err());
-        let mut p = decode_pairs(&[("x-image-meta-container_format", "ami")]).unwrap();
-        validate_formats(&mut p, &d, &c).unwrap();
-        assert_eq!(p.disk_format, Some(Some("ami".into())));
-        let mut p = decode_pairs(&[
-            ("x-image-meta-container_format", "aki"),
-            ("x-image-meta-disk_format", "ari"),
-        ])
-        .unwrap();
-        assert!(validate_formats(&mut p, &d, &c)
-            .unwrap_err()
-            .0
-            .contains("Invalid mix of disk and container formats"));
-    }
-
     #[test]
     fn encode_omits_nulls_and_never_shows_a_location() {
         let mut r = ImageRecord::new(
@@ -580,8 +485,8 @@ mod tests {
         r.properties.insert("distro".into(), Some("Ubuntu".into()));
         r.properties.insert("gone".into(), None);
         r.location = Some(crate::model::StoredLocation {
-            store: "file".into(),
-            key: "secret-key".into(),
+            store: stores::StoreName::parse("file").unwrap(),
+            key: stores::ObjectKey::parse("secret-key").unwrap(),
         });
         let mut h = HeaderMap::new();
         encode(&r, &mut h);

@@ -6,17 +6,15 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde_json::json;
-use stores::ObjectKey;
 
 use super::image_meta::{self, is_true_word, unquote};
 use super::range::{parse_range, ByteRangeRequest};
 use super::views::{self, json_response};
 use super::{host, list_query, Ctx};
-use crate::catalog::{self, IncomingData, WriteRequest};
+use crate::catalog::{self, ImageData, IncomingData, WriteRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::listing;
-use crate::model::{ImageRecord, ImageStatus};
-use crate::protection::Op;
+use crate::model::ImageRecord;
 use std::borrow::Cow;
 
 /// Downloads are relayed in chunks of up to this size.
@@ -30,13 +28,11 @@ pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
         config.api_limit_max,
     )
     .map_err(ApiError::bad_request)?;
-    let rules = &config.property_rules;
-    // Filtering on a property the caller may not read would reveal its values.
-    if query
-        .filters
-        .properties
-        .iter()
-        .any(|(k, _)| !rules.allows(&ctx.caller, k, Op::Read))
+    let filtered_on = query.filters.properties.iter().map(|(k, _)| k);
+    if !ctx
+        .state
+        .property_rules
+        .may_filter_on(&ctx.caller, filtered_on)
     {
         return Ok(json_response(StatusCode::OK, &json!({ "images": [] })));
     }
@@ -55,36 +51,12 @@ pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
     })
 }
 
-/// The credential-free location, for admins when `show_image_direct_url` is on.
 fn direct_url(ctx: &Ctx, record: &ImageRecord) -> Option<String> {
-    if !(ctx.state.config.show_image_direct_url && ctx.caller.is_admin) {
-        return None;
-    }
-    if let Some(reg) = &record.registered {
-        let store = ctx.state.stores.get(&reg.store)?;
-        return Some(format!(
-            "{}://{}/{}",
-            store.kind(),
-            reg.object.container,
-            reg.object.name
-        ));
-    }
-    let loc = record.location.as_ref()?;
-    let store = ctx.state.stores.get(&loc.store)?;
-    Some(store.describe(&ObjectKey::parse(&loc.key)?))
+    catalog::direct_url(&ctx.state, &ctx.caller, record)
 }
 
-/// The record as the caller may see it: properties it may not read left out.
 fn readable<'a>(ctx: &Ctx, record: &'a ImageRecord) -> Cow<'a, ImageRecord> {
-    let rules = &ctx.state.config.property_rules;
-    if !rules.is_active() {
-        return Cow::Borrowed(record);
-    }
-    let mut shown = record.clone();
-    shown
-        .properties
-        .retain(|k, _| rules.allows(&ctx.caller, k, Op::Read));
-    Cow::Owned(shown)
+    ctx.state.property_rules.readable(&ctx.caller, record)
 }
 
 fn meta_headers(ctx: &Ctx, record: &ImageRecord) -> HeaderMap {
@@ -106,17 +78,7 @@ pub async fn head(ctx: &Ctx, id: &str) -> ApiResult<Response> {
 }
 
 pub async fn show(ctx: &Ctx, id: &str) -> ApiResult<Response> {
-    let image = catalog::find_visible(&ctx.state, &ctx.caller, id).await?;
-    let record = image.record;
-    match record.status {
-        ImageStatus::Active => {}
-        ImageStatus::Deactivated => {
-            return Err(ApiError::forbidden(
-                "The requested image has been deactivated. Image data download is forbidden.",
-            ))
-        }
-        _ => return Err(ApiError::not_found(format!("Image {id} is not active"))),
-    }
+    let record = catalog::find_downloadable(&ctx.state, &ctx.caller, id).await?;
     let mut headers = meta_headers(ctx, &record);
     headers.insert(
         header::CONTENT_TYPE,
@@ -130,94 +92,85 @@ pub async fn show(ctx: &Ctx, id: &str) -> ApiResult<Response> {
         }
         ByteRangeRequest::Range(r) => Some(r),
     };
-    // An empty image has no data in any store.
-    let object = if record.size == 0 {
-        None
-    } else if let Some(loc) = &record.location {
-        let key = ObjectKey::parse(&loc.key)
-            .ok_or_else(|| ApiError::internal(format!("bad stored key for {id}")))?;
-        let store = ctx.state.store_named(&loc.store)?;
-        Some(store.get(&key, range.clone()).await?)
-    } else if let Some(reg) = &record.registered {
-        let store = ctx.state.store_named(&reg.store)?;
-        Some(store.get_foreign(&reg.object, range.clone()).await?)
-    } else {
-        return remote_download(ctx, &record, headers).await;
-    };
-    let (status, body, length, content_range) = match object {
-        None => (StatusCode::OK, Body::empty(), 0, None),
-        Some(object) => {
-            let length = object.range.end - object.range.start;
-            let body = Body::from_stream(
-                stores::chunker::coalesce(object.body, DOWNLOAD_CHUNK).map_err(axum::Error::new),
-            );
-            match range {
-                None => (StatusCode::OK, body, length, None),
-                Some(_) => {
-                    let cr = format!(
-                        "bytes {}-{}/{}",
-                        object.range.start,
-                        object.range.end - 1,
-                        object.total_len
-                    );
-                    (StatusCode::PARTIAL_CONTENT, body, length, Some(cr))
+    let ranged = range.is_some();
+    let data = catalog::open_data(&ctx.state, &record, range).await?;
+    Ok(data_response(data, ranged, headers))
+}
+
+/// Renders opened image data: 206 with `Content-Range` for a ranged object, else 200; remote
+/// data is always whole and offers no ranges.
+fn data_response(data: ImageData, ranged: bool, mut headers: HeaderMap) -> Response {
+    let (status, body, length) = match data {
+        ImageData::Empty => (StatusCode::OK, Body::empty(), 0),
+        ImageData::Remote { body, len } => {
+            headers.remove(header::ACCEPT_RANGES);
+            (StatusCode::OK, download_body(body), len)
+        }
+        ImageData::Object(object) => {
+            let (start, end, total) = (object.range.start, object.range.end, object.total_len);
+            let mut status = StatusCode::OK;
+            if ranged {
+                status = StatusCode::PARTIAL_CONTENT;
+                let cr = format!("bytes {start}-{}/{total}", end - 1);
+                if let Ok(cr) = HeaderValue::from_str(&cr) {
+                    headers.insert(header::CONTENT_RANGE, cr);
                 }
             }
+            (status, download_body(object.body), end - start)
         }
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        headers.insert(header::CONTENT_RANGE, cr);
-    }
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().extend(headers);
-    Ok(response)
+    response
 }
 
-/// Streams an image whose data sits at an external location (served whole, no ranges).
-async fn remote_download(
-    ctx: &Ctx,
-    record: &ImageRecord,
-    mut headers: HeaderMap,
-) -> ApiResult<Response> {
-    let url = record
-        .remote_url
-        .as_deref()
-        .and_then(|u| url::Url::parse(u).ok())
-        .ok_or_else(|| ApiError::not_found("Image data could not be found."))?;
-    let (body, len) = ctx.state.remote.open(&url).await.map_err(|e| {
-        if e.status == StatusCode::NOT_FOUND {
-            e
-        } else {
-            ApiError::unavailable("The external image location is unavailable.")
-        }
-    })?;
-    headers.remove(header::ACCEPT_RANGES);
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(len.unwrap_or(record.size)),
-    );
-    let body = stores::chunker::coalesce(body, DOWNLOAD_CHUNK).map_err(axum::Error::new);
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().extend(headers);
-    Ok(response)
+/// Downloads are relayed in chunks of up to [`DOWNLOAD_CHUNK`].
+fn download_body(body: stores::ByteStream) -> Body {
+    Body::from_stream(stores::chunker::coalesce(body, DOWNLOAD_CHUNK).map_err(axum::Error::new))
 }
 
 /// Reads the parts of a POST or PUT that describe metadata and data.
 fn write_request(ctx: &Ctx, body: Body) -> ApiResult<WriteRequest> {
-    let patch = image_meta::decode(&ctx.headers).map_err(|e| ApiError::bad_request(e.0))?;
-    let content_length = match ctx.headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(image_meta::parse_u64)
-                .ok_or_else(|| ApiError::bad_request("Invalid Content-Length"))?,
+    let headers = &ctx.headers;
+    let patch = image_meta::decode(headers).map_err(|e| ApiError::bad_request(e.0))?;
+    let content_length = content_length(headers)?;
+    let has_data = is_chunked(headers) || content_length.is_some_and(|l| l > 0);
+    let data = has_data.then(|| IncomingData {
+        body: Box::pin(
+            body.into_data_stream()
+                .map_err(|e| std::io::Error::other(e.to_string())),
         ),
+        content_type_ok: is_octet_stream(headers),
+        content_length,
+    });
+    let text = |name: &str| {
+        let value = headers.get(name)?;
+        Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
     };
-    let chunked = ctx
-        .headers
+    Ok(WriteRequest {
+        patch,
+        data,
+        content_length,
+        copy_from: text("x-glance-api-copy-from").map(|v| unquote(v.trim()).into_owned()),
+        purge_props: text("x-glance-registry-purge-props").is_none_or(|v| is_true_word(&v)),
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let length = value.to_str().ok().and_then(image_meta::parse_u64);
+    length
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("Invalid Content-Length"))
+}
+
+/// A body framed by a transfer coding carries data whatever its length.
+fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
         .get(header::TRANSFER_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|te| {
@@ -227,38 +180,15 @@ fn write_request(ctx: &Ctx, body: Body) -> ApiResult<WriteRequest> {
                     "chunked" | "compress" | "deflate" | "gzip" | "identity"
                 )
             })
-        });
-    let has_data = chunked || content_length.is_some_and(|l| l > 0);
-    let content_type_ok = ctx
-        .headers
+        })
+}
+
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"));
-    let data = has_data.then(|| IncomingData {
-        body: Box::pin(
-            body.into_data_stream()
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        ),
-        content_type_ok,
-        content_length,
-    });
-    let copy_from = ctx
-        .headers
-        .get("x-glance-api-copy-from")
-        .map(|v| unquote(String::from_utf8_lossy(v.as_bytes()).trim()).into_owned());
-    let purge_props = ctx
-        .headers
-        .get("x-glance-registry-purge-props")
-        .map(|v| is_true_word(&String::from_utf8_lossy(v.as_bytes())))
-        .unwrap_or(true);
-    Ok(WriteRequest {
-        patch,
-        data,
-        content_length,
-        copy_from,
-        purge_props,
-    })
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"))
 }
 
 fn image_response(status: StatusCode, record: &ImageRecord, ctx: &Ctx) -> Response {

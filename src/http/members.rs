@@ -9,10 +9,8 @@ use serde_json::{json, Value};
 use super::image_meta::{check_text, is_true_word};
 use super::views::{json_response, MemberView, SharedImageView};
 use super::Ctx;
-use crate::catalog;
 use crate::error::{ApiError, ApiResult};
-use crate::model::Membership;
-use crate::registry::StoredImage;
+use crate::membership::{self, MemberChange, WantedMember};
 
 const MAX_JSON_BODY: usize = 1 << 20;
 const MAX_JSON_DEPTH: usize = 32;
@@ -88,64 +86,9 @@ fn truthy(v: &Value) -> ApiResult<bool> {
     })
 }
 
-/// A live image whose members the caller may see.
-async fn image_for_members(ctx: &Ctx, id: &str) -> ApiResult<StoredImage> {
-    let image = catalog::find_visible(&ctx.state, &ctx.caller, id).await?;
-    if image.record.status.is_deleted() {
-        return Err(ApiError::not_found(format!(
-            "Image with identifier {id} has been deleted."
-        )));
-    }
-    Ok(image)
-}
-
-/// The image, when the caller may change its members (404 otherwise).
-async fn image_for_member_change(ctx: &Ctx, id: &str) -> ApiResult<StoredImage> {
-    let image = image_for_members(ctx, id).await?;
-    if !ctx.caller.can_manage_members(&image) {
-        return Err(ApiError::image_not_found(id));
-    }
-    Ok(image)
-}
-
-fn check_member_quota(ctx: &Ctx, count: usize) -> ApiResult<()> {
-    let quota = ctx.state.config.image_member_quota;
-    if quota >= 0 && count as i64 > quota {
-        return Err(ApiError::too_large(format!(
-            "The limit has been exceeded on the number of allowed image members for this image. Attempted: {count}, Maximum: {quota}"
-        )));
-    }
-    Ok(())
-}
-
-pub async fn list(ctx: &Ctx, id: &str) -> ApiResult<Response> {
-    let image = image_for_members(ctx, id).await?;
-    let mut members: Vec<&Membership> = image
-        .members
-        .iter()
-        .filter(|m| {
-            ctx.caller.sees_all_members(&image) || ctx.caller.owner.as_deref() == Some(&m.member)
-        })
-        .collect();
-    members.sort_by_key(|m| m.seq);
-    let views: Vec<_> = members
-        .iter()
-        .map(|m| MemberView {
-            member_id: &m.member,
-            can_share: m.can_share,
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "members": views })))
-}
-
-fn next_seq(image: &StoredImage) -> u64 {
-    image.members.iter().map(|m| m.seq).max().unwrap_or(0) + 1
-}
-
-pub async fn replace(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
-    ctx.caller.check_writable()?;
-    ctx.caller.check_member_identity()?;
-    let body = read_json(body).await?;
+/// `{"memberships": [{"member_id": ..., "can_share": ...}, ...]}`; a member named twice is
+/// one entry, the later `can_share` winning.
+fn parse_memberships(body: Option<Value>) -> ApiResult<Vec<WantedMember>> {
     let invalid = || ApiError::bad_request("Invalid membership association");
     let entries = body
         .as_ref()
@@ -157,7 +100,7 @@ pub async fn replace(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
                 "Invalid membership association: expected {\"memberships\": [...]}",
             )
         })?;
-    let mut wanted: Vec<(String, Option<bool>)> = vec![];
+    let mut wanted: Vec<WantedMember> = vec![];
     for entry in entries {
         let member = entry
             .get("member_id")
@@ -170,43 +113,31 @@ pub async fn replace(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
             None => wanted.push((member.to_owned(), can_share)),
         }
     }
-    let image = image_for_member_change(ctx, id).await?;
-    check_member_quota(ctx, wanted.len())?;
-    ctx.state
-        .registry
-        .update::<ApiError, _>(&image.record.id, move |s| {
-            if s.record.status.is_deleted() {
-                return Err(ApiError::not_found("Image has been deleted."));
-            }
-            let mut seq = next_seq(s);
-            let mut next = Vec::with_capacity(wanted.len());
-            for (member, can_share) in &wanted {
-                match s.membership(member) {
-                    Some(old) => next.push(Membership {
-                        can_share: can_share.unwrap_or(old.can_share),
-                        ..old.clone()
-                    }),
-                    None => {
-                        next.push(Membership {
-                            image_id: s.record.id.clone(),
-                            member: member.clone(),
-                            can_share: can_share.unwrap_or(false),
-                            seq,
-                        });
-                        seq += 1;
-                    }
-                }
-            }
-            s.members = next;
-            Ok(())
+    Ok(wanted)
+}
+
+pub async fn list(ctx: &Ctx, id: &str) -> ApiResult<Response> {
+    let members = membership::list(&ctx.state, &ctx.caller, id).await?;
+    let views: Vec<_> = members
+        .iter()
+        .map(|m| MemberView {
+            member_id: &m.member,
+            can_share: m.can_share,
         })
-        .await?;
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "members": views })))
+}
+
+pub async fn replace(ctx: &Ctx, id: &str, body: Body) -> ApiResult<Response> {
+    membership::check_may_change(&ctx.caller)?;
+    let wanted = parse_memberships(read_json(body).await?)?;
+    let change = MemberChange::Replace(wanted);
+    membership::change(&ctx.state, &ctx.caller, id, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn add(ctx: &Ctx, id: &str, member: &str, body: Body) -> ApiResult<Response> {
-    ctx.caller.check_writable()?;
-    ctx.caller.check_member_identity()?;
+    membership::check_may_change(&ctx.caller)?;
     check_member_id(member)?;
     let body = read_json(body).await?;
     let can_share = body
@@ -215,80 +146,26 @@ pub async fn add(ctx: &Ctx, id: &str, member: &str, body: Body) -> ApiResult<Res
         .and_then(|m| m.get("can_share"))
         .map(truthy)
         .transpose()?;
-    let image = image_for_member_change(ctx, id).await?;
-    // Counted before looking the member up, so re-adding at the limit is refused too.
-    let visible = if ctx.caller.sees_all_members(&image) {
-        image.members.len()
-    } else {
-        1
-    };
-    check_member_quota(ctx, visible + 1)?;
-    let member = member.to_owned();
-    ctx.state
-        .registry
-        .update::<ApiError, _>(&image.record.id, move |s| {
-            if s.record.status.is_deleted() {
-                return Err(ApiError::not_found("Image has been deleted."));
-            }
-            let seq = next_seq(s);
-            let image_id = s.record.id.clone();
-            match s.members.iter_mut().find(|m| m.member == member) {
-                Some(existing) => {
-                    if let Some(c) = can_share {
-                        existing.can_share = c;
-                    }
-                }
-                None => s.members.push(Membership {
-                    image_id,
-                    member: member.clone(),
-                    can_share: can_share.unwrap_or(false),
-                    seq,
-                }),
-            }
-            Ok(())
-        })
-        .await?;
+    let change = MemberChange::Add((member.to_owned(), can_share));
+    membership::change(&ctx.state, &ctx.caller, id, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn remove(ctx: &Ctx, id: &str, member: &str) -> ApiResult<Response> {
-    ctx.caller.check_writable()?;
-    ctx.caller.check_member_identity()?;
-    let image = image_for_member_change(ctx, id).await?;
-    let member = member.to_owned();
-    ctx.state
-        .registry
-        .update::<ApiError, _>(&image.record.id, move |s| {
-            let before = s.members.len();
-            s.members.retain(|m| m.member != member);
-            if s.members.len() == before {
-                return Err(ApiError::not_found("Membership could not be found."));
-            }
-            Ok(())
-        })
-        .await?;
+    let change = MemberChange::Remove(member.to_owned());
+    membership::change(&ctx.state, &ctx.caller, id, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn shared_images(ctx: &Ctx, member: &str) -> ApiResult<Response> {
-    let images = ctx.state.registry.shared_with(member).await?;
-    let mut shared: Vec<(u64, SharedImageView)> = images
+    let shared = membership::shared_with(&ctx.state, &ctx.caller, member).await?;
+    let views: Vec<_> = shared
         .iter()
-        .filter(|s| !s.record.status.is_deleted() && ctx.caller.sees_shared(s, member))
-        .filter_map(|s| {
-            s.membership(member).map(|m| {
-                (
-                    s.record.created_at.micros() as u64,
-                    SharedImageView {
-                        image_id: s.record.id.as_str(),
-                        can_share: m.can_share,
-                    },
-                )
-            })
+        .map(|m| SharedImageView {
+            image_id: m.image_id.as_str(),
+            can_share: m.can_share,
         })
         .collect();
-    shared.sort_by_key(|(t, _)| *t);
-    let views: Vec<_> = shared.into_iter().map(|(_, v)| v).collect();
     Ok(json_response(
         StatusCode::OK,
         &json!({ "shared_images": views }),

@@ -3,8 +3,12 @@
 
 use std::fmt;
 
-/// The name of a configured store (`[stores.<name>]`): 1–64 of `a-z 0-9 _ -`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+use serde::{Deserialize, Serialize};
+
+/// The name of a configured store (`[stores.<name>]`): 1–64 of `a-z 0-9 _ -`. Serialised as
+/// the plain string, and validated again when read back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct StoreName(String);
 
 impl StoreName {
@@ -30,8 +34,10 @@ impl fmt::Display for StoreName {
 
 /// An object key relative to a store's root or prefix: `/`-separated components of
 /// `A-Z a-z 0-9 . _ -`, none empty, none starting with `.` (so no `.`, `..` or hidden temp names),
-/// at most 512 bytes. The gateway's own keys are image ids, a single component.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// at most 512 bytes. The gateway's own keys are image ids, a single component. Serialised as the
+/// plain string, and validated again when read back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct ObjectKey(String);
 
 impl ObjectKey {
@@ -61,6 +67,46 @@ impl fmt::Display for ObjectKey {
         f.write_str(&self.0)
     }
 }
+
+/// Implements the string conversions serde uses for a validated name, and comparison with text.
+macro_rules! string_conversions {
+    ($name:ident, $what:literal) => {
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> Self {
+                name.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(text: String) -> Result<Self, Self::Error> {
+                Self::parse(&text).ok_or_else(|| format!("invalid {}: {text:?}", $what))
+            }
+        }
+    };
+}
+
+string_conversions!(StoreName, "store name");
+string_conversions!(ObjectKey, "object key");
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use glance_gateway::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
 use glance_gateway::registry::Registry;
+use stores::StoreName;
 use tokio::io::AsyncWriteExt;
 
 use crate::common::*;
@@ -165,19 +166,14 @@ async fn crash_recovery_kills_saving_images_and_removes_temp_files() {
         saving.status = ImageStatus::Saving;
         saving.disk_format = Some("raw".into());
         saving.container_format = Some("bare".into());
-        saving.location = Some(StoredLocation {
-            store: "file".into(),
-            key: saving_id.to_string(),
-        });
+        let file_store = StoreName::parse("file").unwrap();
+        saving.location = Some(StoredLocation::for_image(&file_store, &saving_id));
         registry.insert_new(saving).await.unwrap();
         let mut active = ImageRecord::new(active_id.clone(), Timestamp::now());
         active.status = ImageStatus::Active;
         active.size = 3;
         active.is_public = true;
-        active.location = Some(StoredLocation {
-            store: "file".into(),
-            key: active_id.to_string(),
-        });
+        active.location = Some(StoredLocation::for_image(&file_store, &active_id));
         registry.insert_new(active).await.unwrap();
     }
     let images = dir.path().join("images");
