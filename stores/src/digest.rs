@@ -2,7 +2,7 @@
 //! [`DigestStream`] on its way into a store. Backends never hash, and the MD5 Glance reports is
 //! always this running digest (an S3 multipart ETag is not the object's MD5).
 //!
-//! The hashing itself runs on blocking threads, one per digest (MD5, and the multihash when one
+//! The hashing itself runs on threads of its own, one per digest (MD5, and the multihash when one
 //! is asked for), fed clones of the chunks through small bounded channels: on a 2-core machine
 //! SHA-512 next to MD5 then costs a second core instead of halving the upload rate, and the
 //! runtime thread only moves bytes. [`Hashing`] is that pair of workers, also used to re-read
@@ -19,7 +19,7 @@ use futures::Stream;
 use md5::{Digest, Md5};
 use sha2::{Sha256, Sha384, Sha512};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
 
 use crate::{ByteStream, ObjectKey, Store, StoreError};
@@ -89,23 +89,32 @@ pub struct Digests {
     pub multihash: Option<Multihash>,
 }
 
-/// One hashing worker: a blocking thread draining its channel into a hasher.
+/// One hashing worker: a thread of its own draining its channel into a hasher. Not the
+/// runtime's blocking pool: an upload holds its workers for as long as the client sends, and
+/// hundreds of slow uploads must not starve the registry's calls queued on that pool.
 struct Worker {
     tx: PollSender<Bytes>,
-    done: JoinHandle<Vec<u8>>,
+    done: oneshot::Receiver<Vec<u8>>,
     digest: Option<Vec<u8>>,
 }
 
 impl Worker {
     fn start<H: Digest + Send + 'static>(hasher: H) -> Self {
         let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
-        let done = tokio::task::spawn_blocking(move || {
-            let mut hasher = hasher;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-            }
-            hasher.finalize().to_vec()
-        });
+        let (digest_tx, done) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("image-hash".into())
+            .spawn(move || {
+                let mut hasher = hasher;
+                while let Some(chunk) = rx.blocking_recv() {
+                    hasher.update(&chunk);
+                }
+                let _ = digest_tx.send(hasher.finalize().to_vec());
+            });
+        // Without a thread the receiver ends at once and the digest reports the failure.
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a hashing thread");
+        }
         Self {
             tx: PollSender::new(tx),
             done,
@@ -119,14 +128,14 @@ impl Worker {
         self.tx.abort_send();
         if self.digest.is_none() {
             let joined = ready!(Pin::new(&mut self.done).poll(cx))
-                .map_err(|e| io::Error::other(format!("hashing failed: {e}")))?;
+                .map_err(|_| io::Error::other("the hashing thread failed"))?;
             self.digest = Some(joined);
         }
         Poll::Ready(Ok(self.digest.clone().expect("set above")))
     }
 }
 
-/// MD5 and an optional multihash, each computed on its own blocking thread.
+/// MD5 and an optional multihash, each computed on a thread of its own.
 pub struct Hashing {
     md5: Worker,
     multi: Option<(HashAlgo, Worker)>,
