@@ -265,15 +265,14 @@ async fn follow(response: reqwest::Response) -> anyhow::Result<Run> {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {pos_msg}{msg}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut run = Run::default();
-    let mut done_bytes = 0u64;
     let mut buffer = Vec::new();
     let mut body = response.bytes_stream();
-    let mut handle = |line: &[u8], run: &mut Run| -> anyhow::Result<()> {
+    let handle = |line: &[u8], run: &mut Run| -> anyhow::Result<()> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
@@ -284,12 +283,10 @@ async fn follow(response: reqwest::Response) -> anyhow::Result<Run> {
                 bar.set_message(format!("0/{total} images"));
             }
             Event::Progress { id, bytes } => {
-                bar.set_position(done_bytes + bytes);
+                bar.set_position(bytes);
                 bar.set_message(id);
             }
             Event::Result(result) => {
-                done_bytes += result.size;
-                bar.set_position(done_bytes);
                 bar.set_message(format!("{} {}", result.id, result.result));
                 run.results.push(result);
             }

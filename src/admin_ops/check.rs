@@ -9,8 +9,8 @@ use super::{ClientGone, Event, Events};
 use crate::model::ImageRecord;
 use crate::state::AppState;
 
-/// A progress line at most this often per image.
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// A progress line at most this often.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// What re-reading an image's data found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +111,7 @@ pub async fn verify_image(
     record: &ImageRecord,
     throttle: &mut Throttle,
     events: &Events,
+    base: u64,
 ) -> Result<Outcome, ClientGone> {
     let expected = Expected::of(record);
     let id = record.id.as_str();
@@ -122,7 +123,15 @@ pub async fn verify_image(
             )));
         };
         let opened = store.get(&loc.key, None).await;
-        return check_object(store.as_ref(), opened, &expected, throttle, id, events).await;
+        return check_object(
+            store.as_ref(),
+            opened,
+            &expected,
+            throttle,
+            (id, base),
+            events,
+        )
+        .await;
     }
     if let Some(reg) = &record.registered {
         let Some(store) = state.stores.get(reg.store.as_str()) else {
@@ -132,18 +141,27 @@ pub async fn verify_image(
             )));
         };
         let opened = store.get_foreign(&reg.object, None).await;
-        return check_object(store.as_ref(), opened, &expected, throttle, id, events).await;
+        return check_object(
+            store.as_ref(),
+            opened,
+            &expected,
+            throttle,
+            (id, base),
+            events,
+        )
+        .await;
     }
     Ok(Outcome::Error("no data in a store of the gateway".into()))
 }
 
-/// Reads an opened object to its end and compares it with `expected`.
+/// Reads an opened object to its end and compares it with `expected`. Progress lines name image
+/// `id` and count the run's bytes from `base`.
 pub async fn check_object(
     store: &dyn Store,
     opened: Result<stores::GetObject, StoreError>,
     expected: &Expected,
     throttle: &mut Throttle,
-    id: &str,
+    (id, base): (&str, u64),
     events: &Events,
 ) -> Result<Outcome, ClientGone> {
     let object = match opened {
@@ -179,7 +197,7 @@ pub async fn check_object(
             events
                 .send(Event::Progress {
                     id: id.to_owned(),
-                    bytes: read,
+                    bytes: base + read,
                 })
                 .await?;
         }

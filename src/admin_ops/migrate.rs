@@ -8,12 +8,15 @@
 //! leaves the old copy unreferenced, for the sweep. While a migration runs, the sweep leaves both
 //! copies alone ([`super::Migrations`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use stores::{put_digested_with, ObjectKey, PutError, Store};
 
-use super::check::{check_object, Expected, Outcome, Throttle};
+use super::check::{check_object, Expected, Outcome, Throttle, PROGRESS_EVERY};
 use super::{ClientGone, Event, Events, ImageResult, ObjectGuard};
 use crate::error::ApiError;
 use crate::model::{ImageRecord, ImageStatus, StoredLocation};
@@ -34,10 +37,11 @@ pub async fn run(
     grace: Duration,
     events: Events,
 ) -> Result<(), ClientGone> {
+    // Each image's bytes are read twice: copied, then read back.
     let total_bytes = images
         .iter()
         .filter_map(|(_, r)| r.as_ref())
-        .map(|r| r.size)
+        .map(|r| 2 * r.size)
         .sum();
     events
         .send(Event::Start {
@@ -46,10 +50,13 @@ pub async fn run(
         })
         .await?;
     let mut retired = vec![];
+    let mut done = 0;
     for (id, record) in images {
+        let base = done;
+        done += record.as_ref().map_or(0, |r| 2 * r.size);
         let result = match &record {
             None => ImageResult::new(&id, None, "error", Some("no such image".into())),
-            Some(record) => match migrate_one(&state, record, &target, &events).await? {
+            Some(record) => match migrate_one(&state, record, &target, &events, base).await? {
                 Ok(Some(old)) => {
                     retired.push(old);
                     let mut r = ImageResult::new(&id, Some(record), "migrated", None);
@@ -65,6 +72,12 @@ pub async fn run(
                 Err(message) => ImageResult::new(&id, Some(record), "error", Some(message)),
             },
         };
+        events
+            .send(Event::Progress {
+                id: id.clone(),
+                bytes: done,
+            })
+            .await?;
         events.send(Event::Result(result)).await?;
     }
     if !retired.is_empty() {
@@ -96,6 +109,7 @@ async fn migrate_one(
     record: &ImageRecord,
     target: &Arc<dyn Store>,
     events: &Events,
+    base: u64,
 ) -> Result<Result<Option<Retired>, String>, ClientGone> {
     let Some(_claim) = state.migrations.claim(&record.id) else {
         return Ok(Err("another migration of this image is running".into()));
@@ -142,15 +156,33 @@ async fn migrate_one(
         .as_ref()
         .map(|(a, _)| *a)
         .or(state.config.hashing_algorithm);
-    let copied = put_digested_with(
+    let counted = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&counted);
+    let body = object.body.inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let copy = put_digested_with(
         target.as_ref(),
         &key,
-        object.body,
+        Box::pin(body),
         Some(record.size),
         record.size,
         algo,
-    )
-    .await;
+    );
+    tokio::pin!(copy);
+    // Progress while the copy runs; a gone client drops the copy (the store cleans up).
+    let copied = loop {
+        tokio::select! {
+            copied = &mut copy => break copied,
+            () = tokio::time::sleep(PROGRESS_EVERY) => {
+                let bytes = base + counted.load(Ordering::Relaxed);
+                let id = record.id.to_string();
+                events.send(Event::Progress { id, bytes }).await?;
+            }
+        }
+    };
     let stored = match copied {
         Ok(stored) => stored,
         Err(PutError::TooLarge { .. }) => {
@@ -196,7 +228,7 @@ async fn migrate_one(
         reread,
         &expected,
         &mut unthrottled,
-        record.id.as_str(),
+        (record.id.as_str(), base + record.size),
         events,
     )
     .await?;

@@ -205,7 +205,7 @@ pub enum Event {
         total: usize,
         total_bytes: u64,
     },
-    /// Bytes of image `id` read so far in the current phase.
+    /// The run's bytes done so far (of `total_bytes`), while working on image `id`.
     Progress {
         id: String,
         bytes: u64,
@@ -381,15 +381,23 @@ async fn verify(
             })
             .await?;
         let mut throttle = check::Throttle::new(rate);
+        let mut done = 0;
         for (id, record) in images {
             let result = match &record {
                 None => ImageResult::new(&id, None, "error", Some("no such image".into())),
                 Some(record) => {
                     let outcome =
-                        check::verify_image(&state, record, &mut throttle, &events).await?;
+                        check::verify_image(&state, record, &mut throttle, &events, done).await?;
+                    done += record.size;
                     ImageResult::new(&id, Some(record), outcome.name(), outcome.detail())
                 }
             };
+            events
+                .send(Event::Progress {
+                    id: id.clone(),
+                    bytes: done,
+                })
+                .await?;
             events.send(Event::Result(result)).await?;
         }
         Ok(())

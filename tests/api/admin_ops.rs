@@ -471,11 +471,13 @@ async fn migrate_refuses_what_it_cannot_move_and_fills_in_a_missing_multihash() 
 /// is removed; while a migration holds copies, the sweep leaves them alone.
 #[tokio::test]
 async fn the_sweep_removes_unswitched_copies_but_not_a_running_migrations() {
-    let app = TestApp::builder()
-        .extra_store("cold")
-        .sweep_min_age(0)
-        .spawn()
-        .await;
+    let app = TestApp::builder().extra_store("cold").spawn().await;
+    // Sweeps as the gateway runs them, without a minimum age. (The gateway itself keeps the
+    // default, so its startup sweep cannot take the upload below for abandoned.)
+    let mut state = app.state().clone();
+    let mut config = (*state.config).clone();
+    config.sweep_min_age = 0;
+    state.config = Arc::new(config);
     let data = pattern(50_000);
     let id = create_in(&app, "file", "img", &data).await;
     let cold = store(&app, "cold");
@@ -485,7 +487,7 @@ async fn the_sweep_removes_unswitched_copies_but_not_a_running_migrations() {
     overwrite(cold.as_ref(), &id, data.clone()).await;
     let protected = {
         let _held = app.state().migrations.protect("cold", &id);
-        glance_gateway::maintenance::sweep(app.state()).await;
+        glance_gateway::maintenance::sweep(&state).await;
         stale_copy.exists()
     };
     assert!(protected, "the sweep removed a running migration's copy");
@@ -493,7 +495,7 @@ async fn the_sweep_removes_unswitched_copies_but_not_a_running_migrations() {
     // After a crash between copy and switch the copy is an orphan: never served, then swept.
     let got = app.get(&format!("/v1/images/{id}")).send().await.unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
-    glance_gateway::maintenance::sweep(app.state()).await;
+    glance_gateway::maintenance::sweep(&state).await;
     assert!(!stale_copy.exists(), "the unswitched copy is swept");
     assert!(app.object_path(&id).exists(), "the served copy stays");
 
@@ -501,7 +503,7 @@ async fn the_sweep_removes_unswitched_copies_but_not_a_running_migrations() {
     let url = admin_url(&app).await;
     let (code, answer) = cli(&url, &["migrate", &id, "--to", "cold", "--grace", "0"]).await;
     assert_eq!(code, 0, "{answer}");
-    glance_gateway::maintenance::sweep(app.state()).await;
+    glance_gateway::maintenance::sweep(&state).await;
     assert!(stale_copy.exists());
     assert!(!app.object_path(&id).exists());
 }
