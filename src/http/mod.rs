@@ -26,7 +26,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-openstack-request-id"
 const ACCEPT_VERSION_PREFIX: &str = "application/vnd.openstack.images-";
 const V1_NAMES: &[&str] = &["v1", "v1.0", "v1.1"];
 
-/// The application: every request goes through [`dispatch`].
+/// The application: every request goes through `dispatch`.
 pub fn router(state: AppState) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }

@@ -1,5 +1,5 @@
 //! The one place image bytes are counted and hashed: [`put_digested`] wraps the body in a
-//! [`DigestStream`] on its way into a store. Backends never hash, and the MD5 Glance reports is
+//! `DigestStream` on its way into a store. Backends never hash, and the MD5 Glance reports is
 //! always this running digest (an S3 multipart ETag is not the object's MD5).
 //!
 //! The hashing itself runs on threads of its own, one per digest (MD5, and the multihash when one
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
 
-use crate::{ByteStream, ObjectKey, Store, StoreError};
+use crate::{ByteStream, ObjectKey, PutOptions, Store, StoreError};
 
 /// Chunks queued per hashing worker: enough to ride out scheduling jitter, small enough that
 /// memory stays a few chunks.
@@ -248,11 +248,17 @@ struct DigestState {
     digests: Option<Digests>,
 }
 
-/// The running MD5 of a [`put_digested`] body, handed to [`Store::put_with_md5`]: once the body
-/// has ended, it gives the MD5 of every byte the body yielded, so a store that checks its
-/// backend's checksum of a whole object need not hash the same bytes a second time.
+/// The running MD5 of a [`put_digested`] body, handed to the store in [`PutOptions::md5`]: once
+/// the body has ended, it gives the MD5 of every byte the body yielded, so a store that checks
+/// its backend's checksum of a whole object need not hash the same bytes a second time.
 #[derive(Clone)]
 pub struct RunningMd5(Arc<Mutex<DigestState>>);
+
+impl std::fmt::Debug for RunningMd5 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningMd5").finish_non_exhaustive()
+    }
+}
 
 impl RunningMd5 {
     /// Size and MD5 of everything the body yielded; `None` until it has ended cleanly.
@@ -345,10 +351,11 @@ pub async fn put_digested_with(
         state: Arc::clone(&state),
         draining: false,
     };
-    let running = RunningMd5(Arc::clone(&state));
-    let result = store
-        .put_with_md5(key, Box::pin(stream), size_hint, running)
-        .await;
+    let options = PutOptions {
+        size_hint,
+        md5: Some(RunningMd5(Arc::clone(&state))),
+    };
+    let result = store.put(key, Box::pin(stream), options).await;
     let mut state = state.lock().expect("digest state poisoned");
     // The body's own failure explains a store error better than the store's report of it.
     if state.over_limit {

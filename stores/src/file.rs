@@ -16,8 +16,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::{
-    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, Store, StoreError, StoreName,
-    SweepReport,
+    clip_range, ByteStream, GetObject, ObjectInfo, ObjectKey, PutOptions, Store, StoreError,
+    StoreName, SweepReport,
 };
 
 const TMP_DIR: &str = ".tmp";
@@ -191,7 +191,7 @@ impl Store for FileStore {
         &self,
         key: &ObjectKey,
         mut body: ByteStream,
-        _size_hint: Option<u64>,
+        _options: PutOptions,
     ) -> Result<(), StoreError> {
         let dest = self.path_of(key)?;
         let tmp = self.root.join(TMP_DIR).join(format!(
@@ -402,7 +402,7 @@ mod tests {
         let store = store(dir.path()).await;
         let key = ObjectKey::parse("cancelled").unwrap();
         let (body, _gate) = testing::stalling_body(10_000);
-        let put = store.put(&key, body, None);
+        let put = store.put(&key, body, PutOptions::default());
         // The body stalls after its first bytes: time out, which drops the put future.
         assert!(tokio::time::timeout(Duration::from_millis(200), put)
             .await
@@ -424,7 +424,11 @@ mod tests {
         let key = ObjectKey::parse("a/b").unwrap();
         assert!(store.get(&key, None).await.is_err());
         assert!(store
-            .put(&key, testing::body_from(b"x".to_vec(), 1), None)
+            .put(
+                &key,
+                testing::body_from(b"x".to_vec(), 1),
+                PutOptions::default()
+            )
             .await
             .is_err());
         assert!(!dir.path().join("images/a").exists());

@@ -20,7 +20,9 @@ pub mod digest;
 pub mod error;
 pub mod file;
 pub mod names;
+pub mod range;
 pub mod s3;
+pub mod secret;
 pub mod swift;
 
 #[cfg(any(test, feature = "testing"))]
@@ -35,6 +37,8 @@ pub use digest::{
 };
 pub use error::StoreError;
 pub use names::{ObjectKey, StoreName};
+pub use range::clip_range;
+pub use secret::Secret;
 
 /// A stream of body chunks. `Send + 'static` so it can cross tasks and reach hyper.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -99,9 +103,32 @@ pub struct SweepReport {
     pub incomplete_removed: usize,
 }
 
+/// How [`Store::put`] stores a body, beyond its key.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// The expected length, when the client declared it. Stores size their multipart parts or
+    /// choose between one request and segments by it; the stream is the truth.
+    pub size_hint: Option<u64>,
+    /// The running MD5 of the body, when the caller computes one anyway ([`put_digested`] does):
+    /// a store that checks its backend's checksum of the whole object reads it once the body has
+    /// ended, instead of hashing every byte a second time.
+    pub md5: Option<RunningMd5>,
+}
+
+impl PutOptions {
+    /// Options with only a size hint.
+    pub fn with_size_hint(size_hint: Option<u64>) -> Self {
+        Self {
+            size_hint,
+            md5: None,
+        }
+    }
+}
+
 /// A place that keeps image bytes under keys.
 ///
-/// Contract every implementation keeps (checked by the conformance suite in [`testing`]):
+/// Contract every implementation keeps (checked by the conformance suite, the `testing` module
+/// under the feature of that name):
 ///
 /// * **Atomic visibility.** An object becomes readable only once [`put`](Store::put) returns
 ///   `Ok`; until then a `get` of the key answers `NotFound` (or the previous object, never a
@@ -135,28 +162,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         vec![]
     }
 
-    /// Stores `body` under `key`. `size_hint` is the expected length when the client declared it
-    /// (stores use it to size multipart parts); the stream is the truth.
+    /// Stores `body` under `key`, as [`PutOptions`] say.
     async fn put(
         &self,
         key: &ObjectKey,
         body: ByteStream,
-        size_hint: Option<u64>,
+        options: PutOptions,
     ) -> Result<(), StoreError>;
-
-    /// [`put`](Store::put) of a body whose MD5 the caller computes anyway ([`put_digested`]):
-    /// `md5` gives it once the body has ended, for a store that checks its backend's checksum of
-    /// the whole object and would otherwise hash every byte a second time.
-    async fn put_with_md5(
-        &self,
-        key: &ObjectKey,
-        body: ByteStream,
-        size_hint: Option<u64>,
-        md5: RunningMd5,
-    ) -> Result<(), StoreError> {
-        let _ = md5;
-        self.put(key, body, size_hint).await
-    }
 
     /// The object `uri` names (`s3://bucket/key`, `swift://container/object`) when it lies in this
     /// store's backend but outside the namespace the store manages; `None` otherwise, including
@@ -169,10 +181,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The length of a [`foreign_object`](Store::foreign_object).
     async fn head_foreign(&self, object: &ForeignObject) -> Result<u64, StoreError> {
         let _ = object;
-        Err(StoreError::other(
-            self.name().as_str(),
-            "this store reads only objects it manages",
-        ))
+        Err(only_own_objects(self.name()))
     }
 
     /// Streams a [`foreign_object`](Store::foreign_object), or a range of it, as [`get`](Store::get).
@@ -182,10 +191,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         range: Option<Range<u64>>,
     ) -> Result<GetObject, StoreError> {
         let _ = (object, range);
-        Err(StoreError::other(
-            self.name().as_str(),
-            "this store reads only objects it manages",
-        ))
+        Err(only_own_objects(self.name()))
     }
 
     /// Streams the object, or the byte range `range` of it.
@@ -234,13 +240,7 @@ impl Stores {
     }
 }
 
-/// Resolves a range against an object of `len` bytes, per the trait contract.
-pub fn clip_range(range: Option<Range<u64>>, len: u64) -> Result<Range<u64>, StoreError> {
-    match range {
-        None => Ok(0..len),
-        Some(r) if r.start >= len || r.start >= r.end => {
-            Err(StoreError::RangeNotSatisfiable { len })
-        }
-        Some(r) => Ok(r.start..r.end.min(len)),
-    }
+/// What a store without foreign objects answers when asked for one.
+fn only_own_objects(store: &StoreName) -> StoreError {
+    StoreError::other(store.as_str(), "this store reads only objects it manages")
 }

@@ -14,19 +14,23 @@ pub struct S3TestEnv {
 }
 
 impl S3TestEnv {
-    /// `None` when `GATEWAY_TEST_S3_ENDPOINT` is unset (the tests then skip).
+    /// `None` when `GATEWAY_TEST_S3_ENDPOINT` is unset (the tests then skip; see [`gate`]).
     pub fn from_env() -> Option<Self> {
-        let endpoint = std::env::var("GATEWAY_TEST_S3_ENDPOINT").ok()?;
-        let var = |name: &str| {
-            std::env::var(name)
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_S3_ENDPOINT is set but {name} is not"))
-        };
+        let (endpoint, [bucket, access_key, secret_key]) = gate_with(
+            "GATEWAY_TEST_S3_ENDPOINT",
+            [
+                "GATEWAY_TEST_S3_BUCKET",
+                "GATEWAY_TEST_S3_ACCESS_KEY",
+                "GATEWAY_TEST_S3_SECRET_KEY",
+            ],
+        )?;
+        let region = std::env::var("GATEWAY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into());
         Some(Self {
             endpoint,
-            region: std::env::var("GATEWAY_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
-            bucket: var("GATEWAY_TEST_S3_BUCKET"),
-            access_key: var("GATEWAY_TEST_S3_ACCESS_KEY"),
-            secret_key: var("GATEWAY_TEST_S3_SECRET_KEY"),
+            region,
+            bucket,
+            access_key,
+            secret_key,
         })
     }
 }
@@ -40,18 +44,46 @@ pub struct SwiftTestEnv {
 }
 
 impl SwiftTestEnv {
-    /// `None` when `GATEWAY_TEST_SWIFT_AUTH_URL` is unset (the tests then skip).
+    /// `None` when `GATEWAY_TEST_SWIFT_AUTH_URL` is unset (the tests then skip; see [`gate`]).
     pub fn from_env() -> Option<Self> {
-        let auth_url = std::env::var("GATEWAY_TEST_SWIFT_AUTH_URL").ok()?;
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with the auth URL"))
-        };
+        let (auth_url, [user, key]) = gate_with(
+            "GATEWAY_TEST_SWIFT_AUTH_URL",
+            ["GATEWAY_TEST_SWIFT_USER", "GATEWAY_TEST_SWIFT_KEY"],
+        )?;
         Some(Self {
             auth_url,
-            user: var("GATEWAY_TEST_SWIFT_USER"),
-            key: var("GATEWAY_TEST_SWIFT_KEY"),
+            user,
+            key,
         })
     }
+}
+
+/// Whether a backend test must run: with `GATEWAY_TEST_REQUIRE_BACKENDS=1` (CI sets it) a
+/// missing backend fails the test instead of skipping it, so a misnamed variable cannot turn the
+/// backend tests green without running them.
+pub fn backends_required() -> bool {
+    std::env::var("GATEWAY_TEST_REQUIRE_BACKENDS").as_deref() == Ok("1")
+}
+
+/// The variable that names a backend: `None` when unset, so the backend's tests skip, unless
+/// [`backends_required`], which turns the skip into a panic.
+pub fn gate(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) => Some(value),
+        Err(_) if backends_required() => {
+            panic!("{name} is not set, and GATEWAY_TEST_REQUIRE_BACKENDS=1 forbids skipping")
+        }
+        Err(_) => None,
+    }
+}
+
+/// The [`gate`] variable of a backend and those that must be set along with it.
+fn gate_with<const N: usize>(name: &str, along: [&str; N]) -> Option<(String, [String; N])> {
+    let value = gate(name)?;
+    let along = along.map(|other| {
+        std::env::var(other).unwrap_or_else(|_| panic!("{name} is set but {other} is not"))
+    });
+    Some((value, along))
 }
 
 /// Swift as seen without any store: tempauth, then plain requests with the token.
@@ -148,5 +180,20 @@ impl SwiftRaw {
             "delete: {}",
             response.status()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_backend_skips_only_when_not_required() {
+        let unset = "GATEWAY_TEST_NO_SUCH_BACKEND_VARIABLE";
+        let result = std::panic::catch_unwind(|| gate(unset));
+        match result {
+            Ok(value) => assert!(value.is_none() && !backends_required()),
+            Err(_) => assert!(backends_required()),
+        }
     }
 }

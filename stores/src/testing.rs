@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::{stream, StreamExt};
 use md5::{Digest, Md5};
 
-use crate::{put_digested, ByteStream, ObjectKey, PutError, Store, StoreError};
+use crate::{put_digested, ByteStream, ObjectKey, PutError, PutOptions, Store, StoreError};
 
 /// Deterministic test data: `len` bytes that differ at every offset of a part.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -133,7 +133,11 @@ pub async fn ranges(store: &dyn Store, boundary: usize) {
     let data = pattern(len as usize, 5);
     let key = fresh_key("range");
     store
-        .put(&key, body_from(data.clone(), 4099), Some(len))
+        .put(
+            &key,
+            body_from(data.clone(), 4099),
+            PutOptions::with_size_hint(Some(len)),
+        )
         .await
         .expect("put");
     for range in [
@@ -198,7 +202,11 @@ pub async fn failed_puts_leave_nothing(store: &dyn Store, boundary: usize) {
 pub async fn delete_semantics(store: &dyn Store) {
     let key = fresh_key("delete");
     store
-        .put(&key, body_from(b"hello".to_vec(), 2), Some(5))
+        .put(
+            &key,
+            body_from(b"hello".to_vec(), 2),
+            PutOptions::with_size_hint(Some(5)),
+        )
         .await
         .unwrap();
     store.delete(&key).await.expect("delete");

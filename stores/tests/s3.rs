@@ -1,5 +1,6 @@
 //! The S3 store against a real S3-compatible server named by `GATEWAY_TEST_S3_*` (see
-//! `scripts/s3-backend.sh`); every test prints "skipping" and passes when the endpoint is unset.
+//! `scripts/s3-backend.sh`); every test prints "skipping" and passes when the endpoint is unset
+//! (and fails instead with `GATEWAY_TEST_REQUIRE_BACKENDS=1`, as in CI).
 //! Each test works under its own random prefix, so runs never see each other's objects.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCa
 use aws_sdk_s3::Client;
 use stores::s3::{S3Store, S3StoreConfig};
 use stores::testing::{self, body_from, failing_body, pattern, read_all};
-use stores::{ObjectKey, Store, StoreError, StoreName};
+use stores::{ObjectKey, PutOptions, Store, StoreError, StoreName};
 
 const MIB: usize = 1024 * 1024;
 /// The smallest part S3 allows, so multipart paths run on small objects.
@@ -43,8 +44,8 @@ fn config(env: &Env, prefix: &str) -> S3StoreConfig {
     c.region = Some(env.region.clone());
     c.force_path_style = true;
     c.prefix = prefix.to_owned();
-    c.access_key_id = Some(env.access_key.clone());
-    c.secret_access_key = Some(env.secret_key.clone());
+    c.access_key_id = Some(env.access_key.clone().into());
+    c.secret_access_key = Some(env.secret_key.clone().into());
     c.part_size = PART as u64;
     c.multipart_threshold = PART as u64;
     c
@@ -150,7 +151,7 @@ async fn body_failures_abort_the_upload() {
             .put(
                 &key,
                 failing_body(pattern(len, cut as u64), 64 * 1024, cut),
-                hint,
+                PutOptions::with_size_hint(hint),
             )
             .await;
         assert!(
@@ -183,7 +184,7 @@ async fn cancelled_upload_is_aborted() {
     let put = tokio::spawn({
         let store = Arc::clone(&store);
         let key = key.clone();
-        async move { store.put(&key, body, None).await }
+        async move { store.put(&key, body, PutOptions::default()).await }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while pending_uploads(&client, &env, &full).await.is_empty() {
@@ -230,7 +231,11 @@ async fn odd_sizes_take_the_right_path() {
             let key = key("size");
             let data = pattern(len, len as u64);
             store
-                .put(&key, body_from(data.clone(), 100_003), hint)
+                .put(
+                    &key,
+                    body_from(data.clone(), 100_003),
+                    PutOptions::with_size_hint(hint),
+                )
                 .await
                 .unwrap_or_else(|e| panic!("put {len} bytes (hint {hint:?}): {e}"));
             let head = client
@@ -271,14 +276,20 @@ async fn objects_past_the_limit_are_refused_and_aborted() {
     let len = 3 * PART;
     // Declared too large: refused before anything is sent.
     let result = store
-        .put(&key, body_from(pattern(len, 1), MIB), Some(len as u64))
+        .put(
+            &key,
+            body_from(pattern(len, 1), MIB),
+            PutOptions::with_size_hint(Some(len as u64)),
+        )
         .await;
     assert!(
         matches!(result, Err(StoreError::StorageFull { .. })),
         "{result:?}"
     );
     // Undeclared: refused once the stream passes the limit, after parts went up.
-    let result = store.put(&key, body_from(pattern(len, 1), MIB), None).await;
+    let result = store
+        .put(&key, body_from(pattern(len, 1), MIB), PutOptions::default())
+        .await;
     assert!(
         matches!(result, Err(StoreError::StorageFull { .. })),
         "{result:?}"
@@ -305,7 +316,11 @@ async fn wrong_credentials_are_forbidden() {
         "{text}"
     );
     let err = store
-        .put(&key("x"), body_from(b"data".to_vec(), 4), Some(4))
+        .put(
+            &key("x"),
+            body_from(b"data".to_vec(), 4),
+            PutOptions::with_size_hint(Some(4)),
+        )
         .await
         .unwrap_err();
     eprintln!("put with a wrong secret: {err}");
@@ -347,7 +362,11 @@ async fn unreachable_endpoint_is_unavailable_fast() {
     );
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     let err = store
-        .put(&key("x"), body_from(pattern(PART + 1, 2), MIB), None)
+        .put(
+            &key("x"),
+            body_from(pattern(PART + 1, 2), MIB),
+            PutOptions::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
@@ -463,11 +482,19 @@ async fn list_sees_only_this_prefix() {
     let other = open(&config(&env, &unique_prefix("list-other"))).await;
     let (mine, theirs) = (key("mine"), key("theirs"));
     store
-        .put(&mine, body_from(b"a".to_vec(), 1), Some(1))
+        .put(
+            &mine,
+            body_from(b"a".to_vec(), 1),
+            PutOptions::with_size_hint(Some(1)),
+        )
         .await
         .unwrap();
     other
-        .put(&theirs, body_from(b"b".to_vec(), 1), Some(1))
+        .put(
+            &theirs,
+            body_from(b"b".to_vec(), 1),
+            PutOptions::with_size_hint(Some(1)),
+        )
         .await
         .unwrap();
     let listed: Vec<ObjectKey> = store
@@ -508,6 +535,10 @@ async fn no_credentials_at_all_is_forbidden() {
     // The standard chain: make sure the environment offers nothing either.
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some()
     {
+        assert!(
+            !stores::test_backends::backends_required(),
+            "AWS credentials in the environment, and GATEWAY_TEST_REQUIRE_BACKENDS=1 forbids skipping"
+        );
         eprintln!("skipping: AWS credentials in the environment");
         return;
     }

@@ -1,14 +1,15 @@
 //! The Swift store against a real Swift (start one with `scripts/swift-backend.sh start`).
 //! Skipped unless `GATEWAY_TEST_SWIFT_AUTH_URL`, `GATEWAY_TEST_SWIFT_USER` and
-//! `GATEWAY_TEST_SWIFT_KEY` are set. Every test works in containers of its own, and checks what
-//! Swift holds through its own raw client rather than through the store.
+//! `GATEWAY_TEST_SWIFT_KEY` are set (failed instead with `GATEWAY_TEST_REQUIRE_BACKENDS=1`, as in
+//! CI). Every test works in containers of its own, and checks what Swift holds through its own
+//! raw client rather than through the store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stores::swift::{SwiftStore, SwiftStoreConfig};
 use stores::testing::{self, body_from, failing_body, pattern, read_all};
-use stores::{put_digested, ObjectKey, PutError, Store, StoreError, StoreName};
+use stores::{put_digested, ObjectKey, PutError, PutOptions, Store, StoreError, StoreName};
 
 const SEG: usize = 64 * 1024;
 
@@ -111,7 +112,11 @@ async fn conformance_without_segmenting() {
     let k = key("plain");
     let data = pattern(3 * SEG, 1);
     store
-        .put(&k, body_from(data.clone(), 5000), Some(data.len() as u64))
+        .put(
+            &k,
+            body_from(data.clone(), 5000),
+            PutOptions::with_size_hint(Some(data.len() as u64)),
+        )
         .await
         .unwrap();
     let head = raw.head(&format!("{}/{k}", store.container())).await;
@@ -216,7 +221,7 @@ async fn cancelled_upload_removes_its_segments() {
     let put = tokio::spawn({
         let store = store.clone();
         let k = k.clone();
-        async move { store.put(&k, body, None).await }
+        async move { store.put(&k, body, PutOptions::default()).await }
     });
     let prefix = segment_prefix(&k);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -246,7 +251,10 @@ async fn unknown_sizes_choose_their_shape() {
     let store = segmented_store(&env, "shape").await;
     // Empty: a plain empty object.
     let empty = key("empty");
-    store.put(&empty, body_from(vec![], 1), None).await.unwrap();
+    store
+        .put(&empty, body_from(vec![], 1), PutOptions::default())
+        .await
+        .unwrap();
     let head = raw.head(&format!("{}/{empty}", store.container())).await;
     assert_eq!(head.status(), 200);
     assert!(head.headers().get("x-static-large-object").is_none());
@@ -257,7 +265,11 @@ async fn unknown_sizes_choose_their_shape() {
     // Shorter than a segment: a one-segment manifest, no copy.
     let small = key("small");
     store
-        .put(&small, body_from(b"hello".to_vec(), 2), None)
+        .put(
+            &small,
+            body_from(b"hello".to_vec(), 2),
+            PutOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -290,7 +302,11 @@ async fn wrong_key_fails_the_health_check_clearly() {
     assert!(text.contains("refused the credentials"), "{text}");
     assert!(!text.contains("not-the-key-8d1f"), "key leaked: {text}");
     let put = store
-        .put(&key("x"), body_from(b"data".to_vec(), 4), Some(4))
+        .put(
+            &key("x"),
+            body_from(b"data".to_vec(), 4),
+            PutOptions::with_size_hint(Some(4)),
+        )
         .await;
     assert!(
         matches!(put, Err(StoreError::Unavailable { .. })),
@@ -315,7 +331,11 @@ async fn unreachable_auth_endpoint_is_unavailable_at_once() {
         "expected Unavailable, got {err:?}"
     );
     let put = store
-        .put(&key("x"), body_from(pattern(3 * SEG, 1), 4096), None)
+        .put(
+            &key("x"),
+            body_from(pattern(3 * SEG, 1), 4096),
+            PutOptions::default(),
+        )
         .await;
     assert!(
         matches!(put, Err(StoreError::Unavailable { .. })),
@@ -365,7 +385,11 @@ async fn a_refused_token_is_renewed() {
         let len = hint.unwrap_or(3 * SEG as u64 + 7) as usize;
         let data = pattern(len, 3);
         store
-            .put(&k, body_from(data.clone(), 8192), hint)
+            .put(
+                &k,
+                body_from(data.clone(), 8192),
+                PutOptions::with_size_hint(hint),
+            )
             .await
             .unwrap_or_else(|e| panic!("dynamic {dynamic} hint {hint:?}: {e}"));
         assert!(
@@ -433,7 +457,13 @@ async fn a_token_refused_mid_stream_fails_cleanly() {
         store.trust_current_token();
         let k = key("mid");
         let len = hint.unwrap_or(3 * SEG as u64) as usize;
-        let result = store.put(&k, body_from(pattern(len, 1), 4096), hint).await;
+        let result = store
+            .put(
+                &k,
+                body_from(pattern(len, 1), 4096),
+                PutOptions::with_size_hint(hint),
+            )
+            .await;
         match &result {
             Err(StoreError::Unavailable { message, .. }) => {
                 assert!(message.contains("refused the token"), "{message}")
@@ -443,7 +473,11 @@ async fn a_token_refused_mid_stream_fails_cleanly() {
         assert_empty(&raw, &store).await;
         let data = pattern(len, 2);
         store
-            .put(&k, body_from(data.clone(), 4096), hint)
+            .put(
+                &k,
+                body_from(data.clone(), 4096),
+                PutOptions::with_size_hint(hint),
+            )
             .await
             .unwrap();
         assert!(
@@ -468,7 +502,7 @@ async fn sweep_removes_abandoned_segments_only() {
     let data = pattern(3 * SEG, 1);
     for _ in 0..2 {
         store
-            .put(&live, body_from(data.clone(), 4096), None)
+            .put(&live, body_from(data.clone(), 4096), PutOptions::default())
             .await
             .unwrap();
     }
@@ -521,7 +555,11 @@ async fn a_missing_container_is_reported_not_created() {
     assert!(err.to_string().contains("does not exist"), "{err}");
     for hint in [Some(4), None] {
         let put = store
-            .put(&key("x"), body_from(b"data".to_vec(), 4), hint)
+            .put(
+                &key("x"),
+                body_from(b"data".to_vec(), 4),
+                PutOptions::with_size_hint(hint),
+            )
             .await;
         assert!(
             matches!(&put, Err(StoreError::Unavailable { message, .. }) if message.contains("does not exist")),

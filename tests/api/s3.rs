@@ -1,8 +1,9 @@
 //! The gateway over a real S3-compatible server named by `GATEWAY_TEST_S3_*` (see
 //! `scripts/s3-backend.sh`): uploads and downloads through HTTP, and every failure path leaving
 //! no object, no multipart upload and no active image with wrong bytes. Every test prints
-//! "skipping" and passes when the endpoint is unset; each works under its own random key prefix,
-//! with 5 MiB parts (S3's minimum) so small images take the multipart path.
+//! "skipping" and passes when the endpoint is unset (CI's `GATEWAY_TEST_REQUIRE_BACKENDS=1` makes
+//! it fail instead); each works under its own random key prefix, with 5 MiB parts (S3's minimum)
+//! so small images take the multipart path.
 //!
 //! `s3_control_backend_stopped_mid_upload` stops and resumes the shared server itself: it is
 //! ignored by default and runs only with `GATEWAY_TEST_S3_CONTROL=1`, alone:
@@ -88,8 +89,8 @@ impl Bucket {
         c.region = Some(self.env.region.clone());
         c.force_path_style = true;
         c.prefix = self.prefix.clone();
-        c.access_key_id = Some(self.env.access_key.clone());
-        c.secret_access_key = Some(self.env.secret_key.clone());
+        c.access_key_id = Some(self.env.access_key.clone().into());
+        c.secret_access_key = Some(self.env.secret_key.clone().into());
         c.part_size = PART as u64;
         c.multipart_threshold = PART as u64;
         c
@@ -510,7 +511,7 @@ async fn s3_wrong_credentials_answer_503_and_other_stores_keep_serving() {
     let bucket = Bucket::new(&env, "badcreds");
     let bad_secret = format!("wrong-secret-{}", uuid::Uuid::new_v4().simple());
     let mut bad = bucket.config();
-    bad.secret_access_key = Some(bad_secret.clone());
+    bad.secret_access_key = Some(bad_secret.clone().into());
     let app = TestApp::builder()
         .store("s3", bucket.store())
         .store("s3bad", StoreConfig::S3(bad))

@@ -1,7 +1,8 @@
 //! The gateway over a real Swift (start one with `eval "$(scripts/swift-backend.sh start)"`):
 //! segmented uploads, ranges across segment boundaries, cleanup after every kind of failed
 //! upload, outages and the sweep, all through the HTTP API. Skipped unless
-//! `GATEWAY_TEST_SWIFT_AUTH_URL`, `GATEWAY_TEST_SWIFT_USER` and `GATEWAY_TEST_SWIFT_KEY` are set.
+//! `GATEWAY_TEST_SWIFT_AUTH_URL`, `GATEWAY_TEST_SWIFT_USER` and `GATEWAY_TEST_SWIFT_KEY` are set
+//! (failed instead with `GATEWAY_TEST_REQUIRE_BACKENDS=1`, as in CI).
 //!
 //! Every test has containers of its own, objects of `LARGE` bytes or more (and streams of unknown
 //! length) go up as segments of `SEG` bytes, and what Swift holds is checked with a raw client
