@@ -17,7 +17,7 @@ use glance_gateway::model::ImageId;
 use serde_json::Value;
 use stores::s3::S3StoreConfig;
 use stores::test_backends::{S3TestEnv, SwiftTestEnv};
-use stores::{ObjectKey, Store, StoreConfig};
+use stores::{ObjectKey, PutOptions, Store, StoreConfig};
 
 use crate::common::*;
 
@@ -90,7 +90,11 @@ async fn overwrite(store: &dyn Store, id: &str, data: Vec<u8>) {
     let len = data.len() as u64;
     let body = futures::stream::once(async move { Ok(Bytes::from(data)) });
     store
-        .put(&key(id), Box::pin(body), Some(len))
+        .put(
+            &key(id),
+            Box::pin(body),
+            PutOptions::with_size_hint(Some(len)),
+        )
         .await
         .expect("overwrite the object");
 }
@@ -101,8 +105,8 @@ fn s3_config(env: &S3TestEnv) -> StoreConfig {
     c.region = Some(env.region.clone());
     c.force_path_style = true;
     c.prefix = format!("gateway-admin-test/{}/", uuid::Uuid::new_v4().simple());
-    c.access_key_id = Some(env.access_key.clone());
-    c.secret_access_key = Some(env.secret_key.clone());
+    c.access_key_id = Some(env.access_key.clone().into());
+    c.secret_access_key = Some(env.secret_key.clone().into());
     c.part_size = 5 * MIB as u64;
     c.multipart_threshold = 5 * MIB as u64;
     StoreConfig::S3(c)
