@@ -31,7 +31,8 @@ use crate::state::AppState;
 
 pub use check::Outcome;
 
-/// The admin data routes, to be mounted on the admin listener (behind its token check).
+/// The admin data routes. The admin listener mounts them next to its own, before its token check
+/// layer: `.merge(crate::admin_ops::routes())`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/images", get(list_images))

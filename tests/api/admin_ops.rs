@@ -511,3 +511,16 @@ async fn the_sweep_removes_unswitched_copies_but_not_a_running_migrations() {
     assert!(stale_copy.exists());
     assert!(!app.object_path(&id).exists());
 }
+
+#[tokio::test]
+async fn verify_max_rate_throttles_reading() {
+    let app = TestApp::spawn().await;
+    let url = admin_url(&app).await;
+    let id = create_in(&app, "file", "slow", &pattern(2 * MIB)).await;
+    let started = std::time::Instant::now();
+    let (code, answer) = cli(&url, &["verify", &id, "--max-rate", "1"]).await;
+    let elapsed = started.elapsed();
+    assert_eq!(code, 0, "{answer}");
+    // 2 MiB at 1 MiB/s: the last chunk is due at about 2 s.
+    assert!(elapsed >= Duration::from_millis(1800), "took {elapsed:?}");
+}
