@@ -128,6 +128,12 @@ pub struct ImageRecord {
     pub disk_format: Option<String>,
     pub container_format: Option<String>,
     pub checksum: Option<String>,
+    /// The multihash algorithm (`sha512`) and hex digest; `None` for images stored before
+    /// multihash or with `hashing_algorithm = "none"`.
+    #[serde(default)]
+    pub os_hash_algo: Option<String>,
+    #[serde(default)]
+    pub os_hash_value: Option<String>,
     pub min_disk: u64,
     pub min_ram: u64,
     pub is_public: bool,
@@ -167,6 +173,8 @@ impl ImageRecord {
             disk_format: None,
             container_format: None,
             checksum: None,
+            os_hash_algo: None,
+            os_hash_value: None,
             min_disk: 0,
             min_ram: 0,
             is_public: false,
