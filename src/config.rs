@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use stores::{StoreConfig, StoreName};
+use stores::{HashAlgo, StoreConfig, StoreName};
 
 use crate::registry::{RegistryKind, RegistrySettings};
 
@@ -88,6 +88,28 @@ pub enum SweepOrphans {
     Delete,
 }
 
+/// `hashing_algorithm`: the multihash recorded next to the MD5 (Glance's option of that name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashingAlgorithm {
+    Sha256,
+    Sha384,
+    Sha512,
+    /// Only the MD5.
+    None,
+}
+
+impl HashingAlgorithm {
+    fn algo(self) -> Option<HashAlgo> {
+        match self {
+            Self::Sha256 => Some(HashAlgo::Sha256),
+            Self::Sha384 => Some(HashAlgo::Sha384),
+            Self::Sha512 => Some(HashAlgo::Sha512),
+            Self::None => None,
+        }
+    }
+}
+
 /// The file as written; `None` means "not set".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +167,8 @@ pub struct ConfigFile {
     pub max_concurrent_imports: Option<usize>,
     /// Seconds a copy-from import may take before it is killed.
     pub import_timeout: Option<u64>,
+    /// `sha512` (default), `sha256`, `sha384` or `none`.
+    pub hashing_algorithm: Option<HashingAlgorithm>,
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
 }
@@ -247,6 +271,8 @@ pub struct Config {
     pub max_connections: usize,
     pub max_concurrent_imports: usize,
     pub import_timeout: Duration,
+    /// The multihash computed with every upload; `None` for MD5 only.
+    pub hashing_algorithm: Option<HashAlgo>,
     pub stores: BTreeMap<StoreName, StoreConfig>,
 }
 
@@ -428,6 +454,10 @@ impl Config {
                 3600,
                 "import_timeout",
             )?),
+            hashing_algorithm: file
+                .hashing_algorithm
+                .unwrap_or(HashingAlgorithm::Sha512)
+                .algo(),
             stores,
         })
     }
@@ -478,6 +508,25 @@ mod tests {
         assert_eq!(c.import_timeout, Duration::from_secs(3600));
         assert!(resolve("max_connections = 0").is_err());
         assert!(resolve("client_idle_timeout = 0").is_err());
+        assert_eq!(c.hashing_algorithm, Some(HashAlgo::Sha512));
+    }
+
+    #[test]
+    fn hashing_algorithm_none_keeps_only_the_md5() {
+        assert_eq!(
+            resolve("hashing_algorithm = \"none\"")
+                .unwrap()
+                .hashing_algorithm,
+            None
+        );
+        assert_eq!(
+            resolve("hashing_algorithm = \"sha256\"")
+                .unwrap()
+                .hashing_algorithm,
+            Some(HashAlgo::Sha256)
+        );
+        let err = format!("{:#}", resolve("hashing_algorithm = \"md5\"").unwrap_err());
+        assert!(err.contains("hashing_algorithm"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod access;
 pub mod admin;
+pub mod admin_cli;
+pub mod admin_ops;
 pub mod catalog;
 pub mod checks;
 pub mod config;

@@ -1,13 +1,13 @@
 //! The `glance-gateway` binary: `serve` (configuration → logging → state → serve), and the
-//! operator's `check-config` and `healthcheck`. Nothing else.
+//! operator's `check-config`, `healthcheck` and admin subcommands. Nothing else.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use glance_gateway::checks;
 use glance_gateway::config::{AuthMode, Config, LogFormat, Overrides};
+use glance_gateway::{admin_cli, checks};
 use tracing_subscriber::EnvFilter;
 
 const VERSION: &str = concat!(
@@ -65,6 +65,12 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// List images with their status, size, store and owner (asks the running gateway).
+    Images(admin_cli::ImagesArgs),
+    /// Re-read images' data and check size, MD5 and multihash against the registry.
+    Verify(admin_cli::VerifyArgs),
+    /// Move images' data to another store, keeping their ids.
+    Migrate(admin_cli::MigrateArgs),
 }
 
 #[tokio::main]
@@ -92,6 +98,9 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => check_config(config).await,
         Command::Healthcheck { config, url } => healthcheck(config, url).await,
+        Command::Images(args) => return admin_exit(admin_cli::images(args).await),
+        Command::Verify(args) => return admin_exit(admin_cli::verify(args).await),
+        Command::Migrate(args) => return admin_exit(admin_cli::migrate(args).await),
     };
     match result {
         Ok(code) => code,
@@ -166,4 +175,16 @@ async fn healthcheck(path: Option<PathBuf>, url: Option<String>) -> anyhow::Resu
     };
     checks::healthcheck(&url).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status of an admin subcommand: 1 on any problem found or any failure.
+fn admin_exit(outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("glance-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -87,6 +87,8 @@ struct Known {
     active: HashMap<StoreName, Vec<(ImageId, ObjectKey, Timestamp)>>,
     /// No image at all: the registry cannot tell an orphan from another gateway's data.
     empty: bool,
+    /// `(store, key)` of both copies of every migration in progress.
+    migrating: HashSet<(String, String)>,
 }
 
 impl Known {
@@ -245,8 +247,13 @@ async fn saving_keys(
 }
 
 async fn read_known(state: &AppState) -> Option<Known> {
+    // Read before the registry: a migration that finishes in between is in the registry then.
+    let migrating = state.migrations.protected_objects();
     match state.registry.all().await {
-        Ok(all) => Some(Known::from(all)),
+        Ok(all) => Some(Known {
+            migrating,
+            ..Known::from(all)
+        }),
         Err(e) => {
             tracing::error!(error = %e, "sweep stopped: registry unreadable");
             None
@@ -308,6 +315,9 @@ async fn sweep_orphans(
             !known
                 .referenced
                 .contains(&(store.name().clone(), key.clone()))
+                && !known
+                    .migrating
+                    .contains(&(store.name().to_string(), key.to_string()))
         })
         .collect();
     if orphans.is_empty() {

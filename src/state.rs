@@ -7,6 +7,7 @@ use anyhow::Context;
 use stores::{Store, StoreName, Stores};
 use tokio::sync::Semaphore;
 
+use crate::admin_ops::Migrations;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub imports: Arc<Semaphore>,
     /// Uploads in flight, counted against the storage quota.
     pub uploads: Arc<Uploads>,
+    /// Migrations in progress (admin operations), which the orphan sweep must respect.
+    pub migrations: Migrations,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl AppState {
             stores: Arc::new(stores),
             remote,
             metrics,
+            migrations: Migrations::default(),
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use futures::TryStreamExt;
-use stores::{put_digested, ByteStream, ObjectKey, PutError, Store, Stored};
+use stores::{put_digested_with, ByteStream, ObjectKey, PutError, Store, Stored};
 use tracing::Instrument;
 
 use crate::error::{ApiError, ApiResult};
@@ -286,7 +286,7 @@ pub async fn upload(
     let md5 = stored.md5_hex();
     let verified = verify(&saving, expected_size, stored.size, &md5);
     let activated = match verified {
-        Ok(()) => activate(state, &saving, stored.size, md5).await,
+        Ok(()) => activate(state, &saving, &stored, md5).await,
         Err(e) => Err(e),
     };
     drop(in_flight);
@@ -347,7 +347,8 @@ async fn store_data(
     remaining: u64,
 ) -> Result<Stored, PutError> {
     let limit = state.config.image_size_cap.min(remaining);
-    put_digested(store, key, body, size_hint, limit).await
+    let multihash = state.config.hashing_algorithm;
+    put_digested_with(store, key, body, size_hint, limit, multihash).await
 }
 
 /// The client's error for a failed store write.
@@ -397,15 +398,19 @@ fn verify(saving: &ImageRecord, expected_size: Option<u64>, size: u64, md5: &str
     Ok(())
 }
 
-/// saving → active with the stored size and checksum; an image deleted meanwhile stays deleted.
-/// Under a storage quota the owner's usage is checked again first, activations taking turns,
-/// so uploads that ran side by side cannot together exceed it.
+/// saving → active with the stored size, checksum and multihash; an image deleted meanwhile
+/// stays deleted. Under a storage quota the owner's usage is checked again first, activations
+/// taking turns, so uploads that ran side by side cannot together exceed it.
 async fn activate(
     state: &AppState,
     saving: &ImageRecord,
-    size: u64,
+    stored: &Stored,
     md5: String,
 ) -> ApiResult<ImageRecord> {
+    let size = stored.size;
+    let os_hash = stored
+        .multihash
+        .map(|m| (m.algo.as_str().to_owned(), m.hex()));
     let quota = state.config.user_storage_quota;
     let _turn = match quota {
         0 => None,
@@ -426,6 +431,8 @@ async fn activate(
             s.record.status = ImageStatus::Active;
             s.record.size = size;
             s.record.checksum = Some(md5.clone());
+            s.record.os_hash_algo = os_hash.as_ref().map(|(algo, _)| algo.clone());
+            s.record.os_hash_value = os_hash.as_ref().map(|(_, value)| value.clone());
             s.record.updated_at = Timestamp::now();
             Ok(())
         })

@@ -3,6 +3,8 @@
 
 mod common;
 
+#[path = "api/admin_ops.rs"]
+mod admin_ops;
 #[path = "api/codec.rs"]
 mod codec;
 #[path = "api/crash.rs"]
@@ -19,6 +21,8 @@ mod limits;
 mod listing;
 #[path = "api/members.rs"]
 mod members;
+#[path = "api/multihash.rs"]
+mod multihash;
 #[path = "api/ops.rs"]
 mod ops;
 #[path = "api/ownership.rs"]

@@ -24,6 +24,8 @@ const CORE_FIELDS: &[&str] = &[
     "disk_format",
     "container_format",
     "checksum",
+    "os_hash_algo",
+    "os_hash_value",
     "min_disk",
     "min_ram",
     "is_public",
@@ -282,6 +284,8 @@ pub fn encode(record: &ImageRecord, headers: &mut HeaderMap) {
     put("disk_format", record.disk_format.clone());
     put("container_format", record.container_format.clone());
     put("checksum", record.checksum.clone());
+    put("os_hash_algo", record.os_hash_algo.clone());
+    put("os_hash_value", record.os_hash_value.clone());
     put("min_disk", Some(record.min_disk.to_string()));
     put("min_ram", Some(record.min_ram.to_string()));
     put("is_public", Some(bool_text(record.is_public).to_owned()));

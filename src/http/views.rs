@@ -11,7 +11,7 @@ use serde_json::ser::Formatter;
 
 use crate::model::ImageRecord;
 
-/// The eighteen keys of the full form, in a fixed order.
+/// The twenty keys of the full form, in a fixed order (Glance v1's eighteen and the multihash).
 #[derive(Serialize)]
 pub struct FullImage<'a> {
     id: &'a str,
@@ -22,6 +22,8 @@ pub struct FullImage<'a> {
     disk_format: Option<&'a str>,
     container_format: Option<&'a str>,
     checksum: Option<&'a str>,
+    os_hash_algo: Option<&'a str>,
+    os_hash_value: Option<&'a str>,
     min_disk: u64,
     min_ram: u64,
     is_public: bool,
@@ -58,6 +60,8 @@ pub fn full(record: &ImageRecord, direct_url: Option<String>) -> FullImage<'_> {
         disk_format: record.disk_format.as_deref(),
         container_format: record.container_format.as_deref(),
         checksum: record.checksum.as_deref(),
+        os_hash_algo: record.os_hash_algo.as_deref(),
+        os_hash_value: record.os_hash_value.as_deref(),
         min_disk: record.min_disk,
         min_ram: record.min_ram,
         is_public: record.is_public,
@@ -161,13 +165,13 @@ mod tests {
     }
 
     #[test]
-    fn full_form_has_exactly_eighteen_keys() {
+    fn full_form_has_exactly_twenty_keys() {
         let r = ImageRecord::new(
             crate::model::ImageId::random(),
             crate::model::Timestamp::now(),
         );
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&full(&r, None))).unwrap();
-        assert_eq!(v.as_object().unwrap().len(), 18);
+        assert_eq!(v.as_object().unwrap().len(), 20);
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&brief(&r))).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 6);
     }

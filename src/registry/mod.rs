@@ -293,8 +293,8 @@ impl Registry {
     }
 
     /// Every image ever stored, deleted ones included, read page by page. For the sweep (which
-    /// runs rarely), tests and offline tools: no request path calls it, since it holds the whole
-    /// registry.
+    /// runs rarely), admin operations, tests and offline tools: no image API request calls it,
+    /// since it holds the whole registry.
     pub async fn all(&self) -> Result<Vec<StoredImage>, RegistryError> {
         let mut out = vec![];
         let mut after = None;

@@ -33,7 +33,10 @@ pub mod test_backends;
 pub mod testing;
 
 pub use config::{open_store, StoreConfig};
-pub use digest::{put_digested, PutError, RunningMd5, Stored};
+pub use digest::{
+    put_digested, put_digested_with, Digests, HashAlgo, Hashing, Multihash, PutError, RunningMd5,
+    Stored,
+};
 pub use error::StoreError;
 pub use names::{ObjectKey, StoreName};
 pub use ownership::Namespace;

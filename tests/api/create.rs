@@ -38,7 +38,7 @@ async fn reserve_creates_a_queued_record_with_an_absolute_v1_location() {
     assert_eq!(img["protected"], false);
     assert_eq!(img["properties"]["kernel_id"], "k1");
     assert_eq!(img["checksum"], serde_json::Value::Null);
-    assert_eq!(img.as_object().unwrap().len(), 18);
+    assert_eq!(img.as_object().unwrap().len(), 20);
     // Random v4, lower-case, hyphenated.
     assert_eq!(id.len(), 36);
     assert_eq!(id, id.to_lowercase());

@@ -23,6 +23,8 @@ const FULL_KEYS: &[&str] = &[
     "disk_format",
     "container_format",
     "checksum",
+    "os_hash_algo",
+    "os_hash_value",
     "min_disk",
     "min_ram",
     "is_public",

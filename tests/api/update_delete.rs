@@ -51,7 +51,7 @@ async fn put_replaces_properties_by_default_and_keeps_core_fields() {
     assert_eq!(img["name"], "orig");
     assert_eq!(img["min_ram"], 128);
     assert_eq!(img["disk_format"], "raw");
-    assert_eq!(img.as_object().unwrap().len(), 18);
+    assert_eq!(img.as_object().unwrap().len(), 20);
     // A PUT naming only the name deletes every property.
     let img = json(
         app.put(&path)

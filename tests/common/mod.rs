@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glance_gateway::config::{
-    AuthMode, Config, ConfigFile, Overrides, PublicizeImage, QuotaValue, RemoteSources,
-    SweepOrphans,
+    AuthMode, Config, ConfigFile, HashingAlgorithm, Overrides, PublicizeImage, QuotaValue,
+    RemoteSources, SweepOrphans,
 };
 use glance_gateway::model::{ImageId, ImageRecord};
 use glance_gateway::registry::StoredImage;
@@ -62,6 +62,7 @@ pub struct TestAppBuilder {
     max_connections: Option<usize>,
     max_concurrent_imports: Option<usize>,
     import_timeout: Option<u64>,
+    hashing_algorithm: Option<HashingAlgorithm>,
 }
 
 impl TestAppBuilder {
@@ -165,6 +166,10 @@ impl TestAppBuilder {
         self.import_timeout = Some(timeout_secs);
         self
     }
+    pub fn hashing_algorithm(mut self, v: HashingAlgorithm) -> Self {
+        self.hashing_algorithm = Some(v);
+        self
+    }
     pub fn extra_store(mut self, name: &str) -> Self {
         self.extra_stores.push(name.to_owned());
         self
@@ -223,6 +228,7 @@ impl TestAppBuilder {
             max_connections: self.max_connections,
             max_concurrent_imports: self.max_concurrent_imports,
             import_timeout: self.import_timeout,
+            hashing_algorithm: self.hashing_algorithm,
             stores,
             ..ConfigFile::default()
         };

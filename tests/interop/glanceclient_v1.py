@@ -355,6 +355,9 @@ def api_checks(checks, gc, endpoint, work, batch_id, paged_ids):
         checks.equal("api get: is_public", head.is_public, False)
         checks.equal("api get: protected", head.protected, False)
         checks.equal("api get: checksum", head.checksum, md5_of(data1))
+        checks.equal("api get: os_hash_algo", getattr(head, "os_hash_algo", None), "sha512")
+        checks.equal("api get: os_hash_value is SHA-512", getattr(head, "os_hash_value", None),
+                     hashlib.sha512(data1).hexdigest())
         checks.equal("api get: properties", head.properties,
                      {"os_distro": "debian", "note": "a b:c/d?"})
         checks.ok("api get: a request id is returned", bool(req_ids and req_ids[0]), req_ids)

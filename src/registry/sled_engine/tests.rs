@@ -198,6 +198,9 @@ async fn a_schema_1_registry_is_upgraded_in_place() {
     let first = reg.get(&id(1)).await.unwrap().unwrap();
     assert_eq!(first.record.name.as_deref(), Some("cirros"));
     assert_eq!(first.record.created_at.micros(), 1_700_000_000_000_001);
+    // Records written before multihash carry no digest.
+    assert_eq!(first.record.os_hash_algo, None);
+    assert_eq!(first.record.os_hash_value, None);
     assert_eq!(
         first.members,
         vec![Membership {
