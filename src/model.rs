@@ -130,9 +130,9 @@ pub struct ImageRecord {
     pub checksum: Option<String>,
     /// The multihash algorithm (`sha512`) and hex digest; `None` for images stored before
     /// multihash or with `hashing_algorithm = "none"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_hash_algo: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_hash_value: Option<String>,
     pub min_disk: u64,
     pub min_ram: u64,

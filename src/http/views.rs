@@ -165,13 +165,14 @@ mod tests {
     }
 
     #[test]
-    fn full_form_has_exactly_eighteen_keys() {
+    fn full_form_has_exactly_twenty_keys() {
         let r = ImageRecord::new(
             crate::model::ImageId::random(),
             crate::model::Timestamp::now(),
         );
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&full(&r, None))).unwrap();
-        assert_eq!(v.as_object().unwrap().len(), 18);
+        // Glance v1's eighteen, plus the multihash pair.
+        assert_eq!(v.as_object().unwrap().len(), 20);
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&brief(&r))).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 6);
     }
