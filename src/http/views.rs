@@ -171,6 +171,7 @@ mod tests {
             crate::model::Timestamp::now(),
         );
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&full(&r, None))).unwrap();
+        // Glance v1's eighteen, plus the multihash pair.
         assert_eq!(v.as_object().unwrap().len(), 20);
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&brief(&r))).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 6);

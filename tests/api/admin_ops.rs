@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use glance_gateway::config::SweepOrphans;
 use glance_gateway::model::ImageId;
 use serde_json::Value;
 use stores::s3::S3StoreConfig;
@@ -476,14 +477,17 @@ async fn migrate_refuses_what_it_cannot_move_and_fills_in_a_missing_multihash() 
 #[tokio::test]
 async fn the_sweep_removes_unswitched_copies_but_not_a_running_migrations() {
     let app = TestApp::builder().extra_store("cold").spawn().await;
-    // Sweeps as the gateway runs them, without a minimum age. (The gateway itself keeps the
-    // default, so its startup sweep cannot take the upload below for abandoned.)
+    let data = pattern(50_000);
+    let id = create_in(&app, "file", "img", &data).await;
+    // A registry this process created never deletes orphans: reopen it.
+    let app = app.restart().await;
+    // Sweeps as the gateway runs them, without a minimum age and deleting orphans. (The gateway
+    // itself keeps the default age, so its startup sweep cannot take the copies below.)
     let mut state = app.state().clone();
     let mut config = (*state.config).clone();
     config.sweep_min_age = 0;
+    config.sweep_orphans = SweepOrphans::Delete;
     state.config = Arc::new(config);
-    let data = pattern(50_000);
-    let id = create_in(&app, "file", "img", &data).await;
     let cold = store(&app, "cold");
     let stale_copy = app.data_dir().join("store-cold").join(&id);
 
