@@ -49,6 +49,19 @@ fn bearer_matches(headers: &HeaderMap, token: &[u8]) -> bool {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    match state.registry.status_counts().await {
+        Ok(counts) => {
+            for (status, count) in counts {
+                let labels = metrics::ImageStatusLabels {
+                    status: status.as_str(),
+                };
+                let count = i64::try_from(count).unwrap_or(i64::MAX);
+                state.metrics.images.get_or_create(&labels).set(count);
+            }
+        }
+        // The other metrics still help while the registry cannot answer.
+        Err(e) => tracing::warn!(error = %e, "image counts left out of the metrics"),
+    }
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }

@@ -53,6 +53,11 @@ pub struct StoreBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageStatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     commit: &'static str,
@@ -74,6 +79,8 @@ pub struct Metrics {
     pub store_errors: Family<StoreOpLabels, Counter>,
     pub store_up: Family<StoreLabels, Gauge>,
     pub uploads_in_progress: Gauge<i64, AtomicI64>,
+    /// Set from the registry's status counters just before each scrape.
+    pub images: Family<ImageStatusLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -135,6 +142,12 @@ impl Metrics {
             "Image uploads streaming into a store now",
             uploads_in_progress.clone(),
         );
+        let images = Family::<ImageStatusLabels, Gauge>::default();
+        registry.register(
+            "images",
+            "Images in the registry by status (from its counters, not a scan)",
+            images.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -156,6 +169,7 @@ impl Metrics {
             store_errors,
             store_up,
             uploads_in_progress,
+            images,
         }
     }
 

@@ -872,3 +872,33 @@ async fn store_up_follows_the_periodic_probe() {
         .iter()
         .any(|l| l["message"] == "store is back" && l["store"] == "file"));
 }
+
+/// `glance_gateway_images{status}` follows the registry's counters: one per status, zeros included.
+#[tokio::test]
+async fn image_counts_by_status_come_from_the_registry() {
+    let app = TestApp::spawn().await;
+    let meta = [
+        ("x-image-meta-name", "counted"),
+        ("x-image-meta-disk_format", "raw"),
+        ("x-image-meta-container_format", "bare"),
+    ];
+    app.create_image(&meta, Some(b"some bytes")).await;
+    app.create_image(&meta, Some(b"more bytes")).await;
+    let queued = app.create_image(&meta, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/images/{queued}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let (_, scrape) = scrape_metrics(&app).await;
+    let images = |status| gauge(&scrape, "glance_gateway_images", &[("status", status)]);
+    assert_eq!(images("active"), 2.0);
+    assert_eq!(images("deleted"), 1.0);
+    assert_eq!(images("queued"), 0.0);
+    assert_eq!(images("killed"), 0.0);
+}
