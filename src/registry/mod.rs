@@ -2,7 +2,7 @@
 //! engine trait ([`RegistryEngine`]). The gateway holds a [`Registry`] handle and never sees an
 //! engine's storage; sled ([`SledRegistry`]) is the embedded engine. Everything above this module
 //! (catalog, upload, listing, maintenance) works unchanged with any engine that passes the
-//! conformance suite in [`conformance`].
+//! conformance suite in `conformance` (feature `testing`).
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -103,7 +103,7 @@ pub const WALKED_STATES: [ImageStatus; 2] = [ImageStatus::Saving, ImageStatus::P
 
 /// A place that keeps image records.
 ///
-/// Contract every engine keeps (checked by [`conformance::run`]):
+/// Contract every engine keeps (checked by `conformance::run`, feature `testing`):
 ///
 /// * **Durable and atomic.** A call that returns `Ok` has reached stable storage. A change to an
 ///   image, its memberships, every index and every counter commits as one unit or not at all.
