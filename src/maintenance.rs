@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
+use futures::TryStreamExt;
 use stores::ownership::{self, Claim};
 use stores::{ObjectInfo, ObjectKey, Store, StoreName};
 
@@ -13,7 +14,6 @@ use crate::config::SweepOrphans;
 use crate::model::{ImageId, ImageStatus, Timestamp};
 use crate::registry::{RegistryError, StoredImage};
 use crate::state::AppState;
-use crate::upload::RECOVERY_BATCH;
 
 const TICK: Duration = Duration::from_secs(30);
 
@@ -41,41 +41,32 @@ pub async fn run(state: AppState) {
 pub async fn scrub(state: &AppState) -> anyhow::Result<usize> {
     let due_before = Timestamp::now().micros() - (state.config.scrub_time as i64) * 1_000_000;
     let mut scrubbed = 0;
-    let mut after: Option<ImageId> = None;
-    loop {
-        let batch = state
-            .registry
-            .in_state(ImageStatus::PendingDelete, after.as_ref(), RECOVERY_BATCH)
-            .await?;
-        let Some(last) = batch.last() else {
-            return Ok(scrubbed);
-        };
-        after = Some(last.record.id.clone());
-        for image in batch {
-            let r = &image.record;
-            if r.deleted_at.is_some_and(|t| t.micros() > due_before) {
+    let mut pending = std::pin::pin!(state.registry.walk_state(ImageStatus::PendingDelete));
+    while let Some(image) = pending.try_next().await? {
+        let r = &image.record;
+        if r.deleted_at.is_some_and(|t| t.micros() > due_before) {
+            continue;
+        }
+        if let Some(loc) = &r.location {
+            if let Err(e) = delete_data(state, loc).await {
+                tracing::warn!(image = %r.id, error = %e.message, "scrub failed; will retry");
                 continue;
             }
-            if let Some(loc) = &r.location {
-                if let Err(e) = delete_data(state, loc).await {
-                    tracing::warn!(image = %r.id, error = %e.message, "scrub failed; will retry");
-                    continue;
-                }
-            }
-            state
-                .registry
-                .update::<crate::error::ApiError, _>(&r.id, |s| {
-                    if s.record.status == ImageStatus::PendingDelete {
-                        s.record.status = ImageStatus::Deleted;
-                        s.record.updated_at = Timestamp::now();
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message))?;
-            scrubbed += 1;
         }
+        state
+            .registry
+            .update::<crate::error::ApiError, _>(&r.id, |s| {
+                if s.record.status == ImageStatus::PendingDelete {
+                    s.record.status = ImageStatus::Deleted;
+                    s.record.updated_at = Timestamp::now();
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        scrubbed += 1;
     }
+    Ok(scrubbed)
 }
 
 /// What the registry says about the objects of every store, read once per sweep.
@@ -225,25 +216,14 @@ async fn saving_keys(
     state: &AppState,
     store: &StoreName,
 ) -> Result<BTreeSet<ObjectKey>, RegistryError> {
-    let mut keys = BTreeSet::new();
-    let mut after: Option<ImageId> = None;
-    loop {
-        let batch = state
-            .registry
-            .in_state(ImageStatus::Saving, after.as_ref(), RECOVERY_BATCH)
-            .await?;
-        let Some(last) = batch.last() else {
-            return Ok(keys);
-        };
-        after = Some(last.record.id.clone());
-        keys.extend(
-            batch
-                .into_iter()
-                .filter_map(|s| s.record.location)
-                .filter(|l| l.store == *store)
-                .map(|l| l.key),
-        );
-    }
+    state
+        .registry
+        .walk_state(ImageStatus::Saving)
+        .try_filter_map(|s| async move { Ok(s.record.location) })
+        .try_filter(|l| std::future::ready(l.store == *store))
+        .map_ok(|l| l.key)
+        .try_collect()
+        .await
 }
 
 async fn read_known(state: &AppState) -> Option<Known> {

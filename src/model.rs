@@ -54,6 +54,17 @@ pub enum ImageStatus {
 }
 
 impl ImageStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [ImageStatus; 7] = [
+        Self::Queued,
+        Self::Saving,
+        Self::Active,
+        Self::Killed,
+        Self::Deleted,
+        Self::PendingDelete,
+        Self::Deactivated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",

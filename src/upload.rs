@@ -444,39 +444,27 @@ async fn activate(
 /// removed. Walks only the registry's index of `saving` images.
 pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
     let mut recovered = 0;
-    let mut after: Option<ImageId> = None;
-    loop {
-        let batch = state
-            .registry
-            .in_state(ImageStatus::Saving, after.as_ref(), RECOVERY_BATCH)
-            .await?;
-        let Some(last) = batch.last() else {
-            return Ok(recovered);
-        };
-        after = Some(last.record.id.clone());
-        for StoredImage { record, .. } in batch {
-            if let Some(loc) = &record.location {
-                match state.stores.get(loc.store.as_str()) {
-                    Some(store) => {
-                        if let Err(e) = store.delete(&loc.key).await {
-                            tracing::error!(image = %record.id, error = %e, "could not remove partial data");
-                        }
-                    }
-                    None => {
-                        tracing::warn!(image = %record.id, store = %loc.store, "partial data in an unconfigured store left alone")
+    let mut saving = std::pin::pin!(state.registry.walk_state(ImageStatus::Saving));
+    while let Some(StoredImage { record, .. }) = saving.try_next().await? {
+        if let Some(loc) = &record.location {
+            match state.stores.get(loc.store.as_str()) {
+                Some(store) => {
+                    if let Err(e) = store.delete(&loc.key).await {
+                        tracing::error!(image = %record.id, error = %e, "could not remove partial data");
                     }
                 }
+                None => {
+                    tracing::warn!(image = %record.id, store = %loc.store, "partial data in an unconfigured store left alone")
+                }
             }
-            kill(&state.registry, &record.id, ImageStatus::Saving)
-                .await
-                .map_err(|e| anyhow::anyhow!("killing {}: {}", record.id, e.message))?;
-            recovered += 1;
         }
+        kill(&state.registry, &record.id, ImageStatus::Saving)
+            .await
+            .map_err(|e| anyhow::anyhow!("killing {}: {}", record.id, e.message))?;
+        recovered += 1;
     }
+    Ok(recovered)
 }
-
-/// Images the recovery and the scrubber read at a time.
-pub const RECOVERY_BATCH: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -115,43 +115,30 @@ pub async fn verify_image(
 ) -> Result<Outcome, ClientGone> {
     let expected = Expected::of(record);
     let id = record.id.as_str();
-    if let Some(loc) = &record.location {
-        let Some(store) = state.stores.get(loc.store.as_str()) else {
-            return Ok(Outcome::Error(format!(
-                "store {} is not configured",
-                loc.store
-            )));
-        };
-        let opened = store.get(&loc.key, None).await;
-        return check_object(
-            store.as_ref(),
-            opened,
-            &expected,
-            throttle,
-            (id, base),
-            events,
-        )
-        .await;
-    }
-    if let Some(reg) = &record.registered {
-        let Some(store) = state.stores.get(reg.store.as_str()) else {
-            return Ok(Outcome::Error(format!(
-                "store {} is not configured",
-                reg.store
-            )));
-        };
-        let opened = store.get_foreign(&reg.object, None).await;
-        return check_object(
-            store.as_ref(),
-            opened,
-            &expected,
-            throttle,
-            (id, base),
-            events,
-        )
-        .await;
-    }
-    Ok(Outcome::Error("no data in a store of the gateway".into()))
+    let store_name = match (&record.location, &record.registered) {
+        (Some(loc), _) => &loc.store,
+        (None, Some(reg)) => &reg.store,
+        (None, None) => return Ok(Outcome::Error("no data in a store of the gateway".into())),
+    };
+    let Some(store) = state.stores.get(store_name.as_str()) else {
+        return Ok(Outcome::Error(format!(
+            "store {store_name} is not configured"
+        )));
+    };
+    let opened = match (&record.location, &record.registered) {
+        (Some(loc), _) => store.get(&loc.key, None).await,
+        (None, Some(reg)) => store.get_foreign(&reg.object, None).await,
+        (None, None) => unreachable!("answered above"),
+    };
+    check_object(
+        store.as_ref(),
+        opened,
+        &expected,
+        throttle,
+        (id, base),
+        events,
+    )
+    .await
 }
 
 /// Reads an opened object to its end and compares it with `expected`. Progress lines name image

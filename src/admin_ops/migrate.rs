@@ -38,17 +38,7 @@ pub async fn run(
     events: Events,
 ) -> Result<(), ClientGone> {
     // Each image's bytes are read twice: copied, then read back.
-    let total_bytes = images
-        .iter()
-        .filter_map(|(_, r)| r.as_ref())
-        .map(|r| 2 * r.size)
-        .sum();
-    events
-        .send(Event::Start {
-            total: images.len(),
-            total_bytes,
-        })
-        .await?;
+    events.start(&images, 2).await?;
     let mut retired = vec![];
     let mut done = 0;
     for (id, record) in images {

@@ -181,19 +181,14 @@ async fn list_images(
     if let Some(store) = &query.store {
         named_store(&state, store)?;
     }
-    let mut records: Vec<ImageRecord> = state
-        .registry
-        .all()
-        .await?
-        .into_iter()
-        .map(|s| s.record)
-        .filter(|r| match &query.status {
+    let records = records_where(&state, |r| {
+        let status = match &query.status {
             Some(status) => r.status.as_str() == status,
             None => r.status != ImageStatus::Deleted,
-        })
-        .filter(|r| query.store.is_none() || store_of(r) == query.store.as_deref())
-        .collect();
-    records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        };
+        status && (query.store.is_none() || store_of(r) == query.store.as_deref())
+    })
+    .await?;
     let rows: Vec<ImageRow> = records.iter().map(ImageRow::from).collect();
     Ok(Json(serde_json::json!({ "images": rows })).into_response())
 }
@@ -258,6 +253,42 @@ impl Events {
     async fn send(&self, event: Event) -> Result<(), ClientGone> {
         self.0.send(event).await.map_err(|_| ClientGone)
     }
+
+    /// The run's opening event: how many images, and how many bytes it reads in all when each
+    /// image's data is read `passes` times.
+    async fn start(
+        &self,
+        images: &[(String, Option<ImageRecord>)],
+        passes: u64,
+    ) -> Result<(), ClientGone> {
+        let total_bytes = images
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .map(|r| passes * r.size)
+            .sum();
+        self.send(Event::Start {
+            total: images.len(),
+            total_bytes,
+        })
+        .await
+    }
+}
+
+/// Every image record with `keep`, oldest first.
+async fn records_where(
+    state: &AppState,
+    keep: impl Fn(&ImageRecord) -> bool,
+) -> ApiResult<Vec<ImageRecord>> {
+    let mut records: Vec<ImageRecord> = state
+        .registry
+        .all()
+        .await?
+        .into_iter()
+        .map(|s| s.record)
+        .filter(|r| keep(r))
+        .collect();
+    records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(records)
 }
 
 /// Runs `work` in its own task and streams its events as JSON lines.
@@ -315,19 +346,12 @@ async fn select(
     let in_store =
         |r: &ImageRecord| selection.store.is_none() || store_of(r) == selection.store.as_deref();
     if selection.all {
-        let mut records: Vec<ImageRecord> = state
-            .registry
-            .all()
-            .await?
-            .into_iter()
-            .map(|s| s.record)
-            .filter(|r| {
-                matches!(r.status, ImageStatus::Active | ImageStatus::Deactivated)
-                    && (r.location.is_some() || r.registered.is_some())
-                    && in_store(r)
-            })
-            .collect();
-        records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let records = records_where(state, |r| {
+            matches!(r.status, ImageStatus::Active | ImageStatus::Deactivated)
+                && (r.location.is_some() || r.registered.is_some())
+                && in_store(r)
+        })
+        .await?;
         return Ok(records
             .into_iter()
             .map(|r| (r.id.to_string(), Some(r)))
@@ -370,17 +394,7 @@ async fn verify(
     };
     let images = select(&state, &request.selection).await?;
     Ok(event_stream(move |events| async move {
-        let total_bytes = images
-            .iter()
-            .filter_map(|(_, r)| r.as_ref())
-            .map(|r| r.size)
-            .sum();
-        events
-            .send(Event::Start {
-                total: images.len(),
-                total_bytes,
-            })
-            .await?;
+        events.start(&images, 1).await?;
         let mut throttle = check::Throttle::new(rate);
         let mut done = 0;
         for (id, record) in images {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::{Stream, TryStreamExt};
 
 use crate::model::{ImageId, ImageRecord, ImageStatus, Membership};
 use query::{Filters, SortDir, SortKey};
@@ -100,6 +101,9 @@ pub type Change = Box<dyn Fn(&mut StoredImage) -> Result<(), Refusal> + Send>;
 
 /// Statuses with a small walkable index for the background jobs.
 pub const WALKED_STATES: [ImageStatus; 2] = [ImageStatus::Saving, ImageStatus::PendingDelete];
+
+/// Images [`Registry::walk_state`] reads at a time.
+const WALK_BATCH: usize = 256;
 
 /// A place that keeps image records.
 ///
@@ -290,6 +294,27 @@ impl Registry {
         limit: usize,
     ) -> Result<Vec<StoredImage>, RegistryError> {
         self.engine.in_state(status, after, limit).await
+    }
+
+    /// Every image in `status`, read from the engine's state index a batch at a time, so a walk
+    /// holds one batch however many images there are. Images may change state during the walk.
+    pub fn walk_state(
+        &self,
+        status: ImageStatus,
+    ) -> impl Stream<Item = Result<StoredImage, RegistryError>> + Send + '_ {
+        futures::stream::try_unfold(Some(None::<ImageId>), move |cursor| async move {
+            let Some(after) = cursor else {
+                return Ok::<_, RegistryError>(None);
+            };
+            let batch = self.in_state(status, after.as_ref(), WALK_BATCH).await?;
+            let next = match batch.last() {
+                Some(last) if batch.len() == WALK_BATCH => Some(Some(last.record.id.clone())),
+                _ => None,
+            };
+            let items = futures::stream::iter(batch.into_iter().map(Ok));
+            Ok(Some((items, next)))
+        })
+        .try_flatten()
     }
 
     /// Every image ever stored, deleted ones included, read page by page. For the sweep (which

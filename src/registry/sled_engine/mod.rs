@@ -632,17 +632,8 @@ impl RegistryEngine for SledRegistry {
 
     async fn status_counts(&self) -> Result<Vec<(ImageStatus, u64)>, RegistryError> {
         self.run(|t| {
-            use ImageStatus::*;
             let mut out = vec![];
-            for s in [
-                Queued,
-                Saving,
-                Active,
-                Killed,
-                Deleted,
-                PendingDelete,
-                Deactivated,
-            ] {
+            for s in ImageStatus::ALL {
                 out.push((s, t.read_counter(&keys::status_count(s))?));
             }
             Ok(out)
