@@ -84,14 +84,7 @@ async fn upload_activates_with_real_size_and_checksum() {
     assert_eq!(img["size"], 300_000);
     assert_eq!(img["checksum"], md5_hex(&data).as_str());
     let id = img["id"].as_str().unwrap();
-    let got = app
-        .get(&format!("/v1/images/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = app.download(id).await;
     assert!(got.as_ref() == data.as_slice());
     assert!(app.tmp_files().is_empty());
 }
@@ -336,14 +329,7 @@ async fn unknown_store_is_400_and_named_stores_work() {
     let id = img["id"].as_str().unwrap();
     assert!(app.data_dir().join("store-second").join(id).exists());
     assert!(!app.object_path(id).exists());
-    let got = app
-        .get(&format!("/v1/images/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = app.download(id).await;
     assert_eq!(got.as_ref(), b"in the second store");
     assert_eq!(status(app.delete(&format!("/v1/images/{id}"))).await, 200);
     assert!(!app.data_dir().join("store-second").join(id).exists());

@@ -85,14 +85,7 @@ async fn chunked_upload_over_raw_tcp_succeeds() {
     let resp = app.raw(&req).await;
     assert_eq!(resp.status, 201, "{}", resp.text());
     assert_eq!(resp.header("etag"), Some(md5_hex(b"hello world").as_str()));
-    let got = app
-        .get(&format!("/v1/images/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = app.download(&id).await;
     assert_eq!(got.as_ref(), b"hello world");
 }
 
@@ -188,14 +181,7 @@ async fn crash_recovery_kills_saving_images_and_removes_temp_files() {
     assert!(app.tmp_files().is_empty());
     // Other images are untouched.
     assert_eq!(app.status_of(active_id.as_str()).await, "active");
-    let got = app
-        .get(&format!("/v1/images/{active_id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = app.download(active_id.as_str()).await;
     assert_eq!(got.as_ref(), b"abc");
 }
 
@@ -306,14 +292,7 @@ async fn a_second_upload_to_an_image_being_saved_is_409() {
     stream.write_all(b"0\r\n\r\n").await.unwrap();
     let resp = read_response(&mut stream).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let got = app
-        .get(&format!("/v1/images/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = app.download(&id).await;
     assert_eq!(got.as_ref(), b"first");
 }
 

@@ -161,13 +161,6 @@ async fn imports_run_a_few_at_a_time_and_within_their_deadline() {
     app.wait_for_status(&waiting, "active").await;
     app.wait_for_no_tmp_files().await;
     assert!(!app.object_path(&stalled).exists());
-    let got = app
-        .get(&format!("/v1/images/{waiting}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = app.download(&waiting).await;
     assert!(got.as_ref() == pattern(1000).as_slice());
 }

@@ -391,6 +391,17 @@ impl TestApp {
         self.req(Method::GET, path)
     }
 
+    /// The image's data, as a plain GET returns it (whatever the status).
+    pub async fn download(&self, id: &str) -> bytes::Bytes {
+        self.get(&format!("/v1/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    }
+
     pub fn head(&self, path: &str) -> RequestBuilder {
         self.req(Method::HEAD, path)
     }
