@@ -153,11 +153,9 @@ async fn overlapping_stores_are_refused_at_startup() {
 /// and only keys in the gateway's own format.
 #[tokio::test]
 async fn orphans_are_removed_only_when_asked_and_only_in_our_key_format() {
-    let app = TestApp::builder()
-        .sweep_min_age(0)
-        .sweep_orphans(SweepOrphans::Delete)
-        .spawn()
-        .await;
+    // The gateway's own background sweep only reports, so the sweeps below are the only ones
+    // that may delete, and the test does not race the startup sweep.
+    let app = TestApp::builder().sweep_min_age(0).spawn().await;
     let root = app.data_dir().join("images");
     let orphan_id = uuid::Uuid::new_v4().to_string();
     let foreign = ["notes.txt", &orphan_id.to_uppercase(), "backup-1"];
@@ -167,19 +165,19 @@ async fn orphans_are_removed_only_when_asked_and_only_in_our_key_format() {
     }
 
     // A new registry cannot tell an orphan from data: it only reports.
-    let report = sweep(app.state()).await;
+    let report = sweep(&deleting_orphans(app.state())).await;
     assert_eq!(report.orphans_kept, vec![orphan("file", &orphan_id)]);
     assert!(root.join(&orphan_id).exists());
 
     // Reopened, but still empty: the same.
     let app = app.restart().await;
-    let report = sweep(app.state()).await;
+    let report = sweep(&deleting_orphans(app.state())).await;
     assert_eq!(report.orphans_kept, vec![orphan("file", &orphan_id)]);
     assert!(root.join(&orphan_id).exists());
 
     // A registry that knows images removes the orphan, and nothing that is not in its format.
     let live = upload_to(&app, "file", b"live").await;
-    let report = sweep(app.state()).await;
+    let report = sweep(&deleting_orphans(app.state())).await;
     assert_eq!(report.orphans_removed, vec![orphan("file", &orphan_id)]);
     assert!(!root.join(&orphan_id).exists());
     for name in foreign {
@@ -187,6 +185,15 @@ async fn orphans_are_removed_only_when_asked_and_only_in_our_key_format() {
     }
     assert!(root.join(MARKER).exists());
     assert_eq!(download_ok(&app, &live).await, b"live");
+}
+
+/// `state` with `sweep_orphans = "delete"`.
+fn deleting_orphans(state: &glance_gateway::state::AppState) -> glance_gateway::state::AppState {
+    let mut state = state.clone();
+    let mut config = (*state.config).clone();
+    config.sweep_orphans = SweepOrphans::Delete;
+    state.config = std::sync::Arc::new(config);
+    state
 }
 
 #[tokio::test]
