@@ -358,6 +358,7 @@ impl Config {
                 StoreConfig::File(stores::file::FileStoreConfig {
                     root: data_dir.join("images"),
                     adopt: false,
+                    direct_io: true,
                 }),
             );
         }

@@ -52,12 +52,22 @@ pub struct FileStoreConfig {
     /// Take the root over from the registry its ownership marker names (off: refuse to start).
     #[serde(default)]
     pub adopt: bool,
+    /// Write object data with `O_DIRECT` where the filesystem allows it (see the module notes).
+    /// Off: through the page cache, which keeps a just-uploaded image cached for its first
+    /// downloads at the cost of the CPU the page cache takes.
+    #[serde(default = "default_direct_io")]
+    pub direct_io: bool,
+}
+
+fn default_direct_io() -> bool {
+    true
 }
 
 #[derive(Debug)]
 pub struct FileStore {
     name: StoreName,
     root: PathBuf,
+    direct_io: bool,
 }
 
 enum WriteMsg {
@@ -80,7 +90,11 @@ impl FileStore {
                 "file store {store}: cannot create its root directory: {e}"
             ))
         })?;
-        Ok(Self { name, root })
+        Ok(Self {
+            name,
+            root,
+            direct_io: config.direct_io,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -299,13 +313,22 @@ fn write_buffered(rx: &mut mpsc::Receiver<WriteMsg>, mut file: &fs::File) -> io:
 
 /// Writes what arrives on `rx` to `tmp`; renames it to `dest` only after `Finish`. Any other end
 /// (error, sender dropped by a cancelled upload) removes the temp file.
-fn write_object(mut rx: mpsc::Receiver<WriteMsg>, tmp: PathBuf, dest: PathBuf) -> io::Result<bool> {
+fn write_object(
+    mut rx: mpsc::Receiver<WriteMsg>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    direct_io: bool,
+) -> io::Result<bool> {
     let result = (|| {
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        let received = match write_direct(&mut rx, &file, &tmp)? {
+        let direct = match direct_io {
+            true => write_direct(&mut rx, &file, &tmp)?,
+            false => None,
+        };
+        let received = match direct {
             Some(received) => received,
             None => write_buffered(&mut rx, &file)?,
         };
@@ -355,7 +378,8 @@ impl Store for FileStore {
             uuid::Uuid::new_v4().simple()
         ));
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || write_object(rx, tmp, dest));
+        let direct_io = self.direct_io;
+        let writer = tokio::task::spawn_blocking(move || write_object(rx, tmp, dest, direct_io));
         // If this future is dropped, `tx` drops with it and the writer removes the temp file.
         let mut body_error = None;
         while let Some(chunk) = body.next().await {
@@ -576,6 +600,7 @@ mod tests {
         let config = FileStoreConfig {
             root: dir.join("images"),
             adopt: false,
+            direct_io: true,
         };
         Arc::new(
             FileStore::open(StoreName::parse("file").unwrap(), &config)
@@ -617,7 +642,20 @@ mod tests {
     #[tokio::test]
     async fn sizes_around_direct_buffers_are_stored_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path()).await;
+        let direct = store(dir.path()).await;
+        let config = FileStoreConfig {
+            root: dir.path().join("buffered"),
+            adopt: false,
+            direct_io: false,
+        };
+        let name = StoreName::parse("buffered").unwrap();
+        let buffered = FileStore::open(name, &config).await.unwrap();
+        for store in [&*direct, &buffered] {
+            sizes_are_stored_exactly(store).await;
+        }
+    }
+
+    async fn sizes_are_stored_exactly(store: &FileStore) {
         let b = DIRECT_BUF;
         for (i, len) in [
             0,
