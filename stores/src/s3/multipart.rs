@@ -102,11 +102,9 @@ impl Inner {
         upload_id: Arc<str>,
         number: i32,
         data: Bytes,
-        pool: BufferPool,
         guard: PartGuard,
     ) -> Result<CompletedPart, StoreError> {
         let sum = guard.sum(self.store(), &data).await?;
-        let buffer = data.clone();
         let request = self
             .client
             .upload_part()
@@ -127,7 +125,6 @@ impl Inner {
             .send()
             .await
             .map_err(|e| self.map_err("UploadPart", Some(key.as_str()), e))?;
-        pool.recycle(buffer);
         let etag = out
             .e_tag()
             .ok_or_else(|| StoreError::other(self.store(), "UploadPart: no ETag in the answer"))?;
@@ -320,16 +317,21 @@ impl Multipart {
     }
 
     fn spawn_part(&mut self, number: i32, data: Bytes) {
-        let task = Arc::clone(&self.inner).upload_part(
+        let (pool, buffer) = (self.pool.clone(), data.clone());
+        let upload = Arc::clone(&self.inner).upload_part(
             self.key.clone(),
             Arc::clone(&self.full),
             Arc::clone(&self.upload_id),
             number,
             data,
-            self.pool.clone(),
             self.guard,
         );
-        self.in_flight.spawn(task);
+        self.in_flight.spawn(async move {
+            let part = upload.await?;
+            // The request has let go of the part: its buffer goes back for the next one.
+            pool.recycle(buffer);
+            Ok(part)
+        });
     }
 
     fn joined(
