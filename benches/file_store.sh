@@ -11,7 +11,8 @@
 #   BENCH_BUILD     1 (default) builds it first with `cargo build --release`; 0 uses it as is
 #   BENCH_HASHING   the gateway's hashing_algorithm (default sha512, as the gateway's default;
 #                   none gives MD5 only)
-#   BENCH_DIRECT_IO the file store's direct_io (default true)
+#   BENCH_DIRECT_IO the file store's direct_io, true or false (default: unset, the gateway's
+#                   default store as it comes)
 #   BENCH_PARALLEL  uploads (then downloads) run at once in the concurrent phase (default 8;
 #                   0 skips it)
 #   BENCH_PARALLEL_MIB  size of each of those images in MiB (default 256)
@@ -45,7 +46,7 @@ BENCH_RUNS="${BENCH_RUNS:-3}"
 GATEWAY_BIN="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/glance-gateway}"
 BENCH_BUILD="${BENCH_BUILD:-1}"
 BENCH_HASHING="${BENCH_HASHING:-sha512}"
-BENCH_DIRECT_IO="${BENCH_DIRECT_IO:-true}"
+BENCH_DIRECT_IO="${BENCH_DIRECT_IO:-}"
 BENCH_PARALLEL="${BENCH_PARALLEL:-8}"
 BENCH_PARALLEL_MIB="${BENCH_PARALLEL_MIB:-256}"
 RSS_TARGET_MIB=64
@@ -134,8 +135,11 @@ echo "bench: test file written in $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
     echo $((20000 + RANDOM % 20000)))"
 base="http://127.0.0.1:$port"
-printf 'hashing_algorithm = "%s"\n[stores.file]\nkind = "file"\nroot = "%s"\ndirect_io = %s\n' \
-    "$BENCH_HASHING" "$work/data/images" "$BENCH_DIRECT_IO" >"$work/gateway.toml"
+printf 'hashing_algorithm = "%s"\n' "$BENCH_HASHING" >"$work/gateway.toml"
+if [ -n "$BENCH_DIRECT_IO" ]; then
+    printf '[stores.file]\nkind = "file"\nroot = "%s"\ndirect_io = %s\n' \
+        "$work/data/images" "$BENCH_DIRECT_IO" >>"$work/gateway.toml"
+fi
 RUST_LOG="${RUST_LOG:-warn}" "$GATEWAY_BIN" serve --config "$work/gateway.toml" --bind "127.0.0.1:$port" \
     --data-dir "$work/data" --auth noauth >"$work/gateway.log" 2>&1 &
 gateway_pid=$!
@@ -145,7 +149,7 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 curl -sf -o /dev/null "$base/versions" || die "the gateway did not start on $base"
-echo "bench: gateway $GATEWAY_BIN on $base (pid $gateway_pid, hashing_algorithm $BENCH_HASHING, direct_io $BENCH_DIRECT_IO), RSS after start $(awk '/VmRSS/ { print $2 " " $3 }' "/proc/$gateway_pid/status")"
+echo "bench: gateway $GATEWAY_BIN on $base (pid $gateway_pid, hashing_algorithm $BENCH_HASHING, direct_io ${BENCH_DIRECT_IO:-default}), RSS after start $(awk '/VmRSS/ { print $2 " " $3 }' "/proc/$gateway_pid/status")"
 
 expected_md5="$(md5sum "$src" | cut -d' ' -f1)"
 echo "bench: md5 of the test file $expected_md5"
@@ -292,7 +296,7 @@ hwm_mib="$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", k / 1024 }')"
 
 # Time ratios: the limit's rate over the gateway's.
 echo
-echo "file store, ${BENCH_SIZE_GIB} GiB image, hashing_algorithm $BENCH_HASHING, direct_io $BENCH_DIRECT_IO, median of $BENCH_RUNS runs (MiB/s; time ratio = gateway time / limit time)"
+echo "file store, ${BENCH_SIZE_GIB} GiB image, hashing_algorithm $BENCH_HASHING, direct_io ${BENCH_DIRECT_IO:-default}, median of $BENCH_RUNS runs (MiB/s; time ratio = gateway time / limit time)"
 printf '  %-36s %9s\n' "md5sum (hash limit)" "$md5_med"
 printf '  %-36s %9s\n' "sha512sum (multihash, other thread)" "$sha_med"
 printf '  %-36s %9s\n' "cat > /dev/null (cached read)" "$read_med"
