@@ -135,7 +135,9 @@ echo "bench: test file written in $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
     echo $((20000 + RANDOM % 20000)))"
 base="http://127.0.0.1:$port"
-printf 'hashing_algorithm = "%s"\n' "$BENCH_HASHING" >"$work/gateway.toml"
+# The admin listener on a free port too: its default may be taken by another gateway.
+admin_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+printf 'hashing_algorithm = "%s"\nadmin_bind = "127.0.0.1:%s"\n' "$BENCH_HASHING" "$admin_port" >"$work/gateway.toml"
 if [ -n "$BENCH_DIRECT_IO" ]; then
     printf '[stores.file]\nkind = "file"\nroot = "%s"\ndirect_io = %s\n' \
         "$work/data/images" "$BENCH_DIRECT_IO" >>"$work/gateway.toml"

@@ -52,8 +52,11 @@ cleanup() {
 trap cleanup EXIT
 
 rm -rf "$DIR/data"
+# The admin listener on a free port: its default may be taken by another gateway.
+ADMIN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 cat > "$DIR/gateway.toml" <<TOML
 default_store = "s3"
+admin_bind = "127.0.0.1:$ADMIN_PORT"
 image_size_cap = 1099511627776
 hashing_algorithm = "$HASHING"
 
