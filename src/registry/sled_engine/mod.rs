@@ -38,10 +38,6 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 /// The most `changes-since` matches sorted in memory (see `recent_changes`).
 const CHANGES_WINDOW: usize = 2000;
 const SCHEMA_VERSION: &[u8] = b"2";
-/// Opening replays the log written since the last snapshot; sled's default (a million
-/// operations, about 50,000 images at some twenty index entries each) made startup take
-/// seconds.
-const SNAPSHOT_AFTER_OPS: u64 = 20_000;
 
 impl From<sled::Error> for RegistryError {
     fn from(e: sled::Error) -> Self {
@@ -157,7 +153,6 @@ impl SledRegistry {
         let db = sled::Config::new()
             .path(path.join("v1"))
             .cache_capacity(cache_mb.saturating_mul(1 << 20))
-            .snapshot_after_ops(SNAPSHOT_AFTER_OPS)
             .open()?;
         Self::from_db(db)
     }
