@@ -358,7 +358,7 @@ impl Config {
                 StoreConfig::File(stores::file::FileStoreConfig {
                     root: data_dir.join("images"),
                     adopt: false,
-                    direct_io: true,
+                    direct_io: false,
                 }),
             );
         }

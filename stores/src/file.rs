@@ -2,11 +2,12 @@
 //! `root/.tmp/` on the same filesystem, synced, then renamed into place. All filesystem work runs
 //! on blocking threads, never on the async runtime.
 //!
-//! Where the filesystem allows it, object data is written with `O_DIRECT`: through the page
-//! cache, a write costs a kernel copy plus page allocation, accounting and write-back, about as
-//! much CPU as hashing the same bytes (and the final fsync waits for all of it), while a direct
-//! write costs one copy into an aligned buffer and the device's DMA. On a 2-core machine that
-//! CPU is what the MD5 and multihash threads need.
+//! With `direct_io`, object data is written with `O_DIRECT` where the filesystem allows it:
+//! through the page cache, a write costs a kernel copy plus page allocation, accounting and
+//! write-back, about as much CPU as hashing the same bytes (and the final fsync waits for all of
+//! it), while a direct write costs one copy into an aligned buffer and the device's DMA. On a
+//! 2-core machine that CPU is what the MD5 and multihash threads need. It is off by default: a
+//! just-uploaded image then stays in the page cache for its first downloads.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -42,7 +43,7 @@ const FLUSH_STEP: u64 = 32 * 1024 * 1024;
 /// Alignment of `O_DIRECT` buffers, offsets and lengths (covers 512-byte and 4 KiB blocks).
 const DIRECT_ALIGN: usize = 4096;
 /// One direct write; two such buffers per upload, one filling while the other is written.
-const DIRECT_BUF: usize = 4 * 1024 * 1024;
+const DIRECT_BUF: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,15 +53,11 @@ pub struct FileStoreConfig {
     /// Take the root over from the registry its ownership marker names (off: refuse to start).
     #[serde(default)]
     pub adopt: bool,
-    /// Write object data with `O_DIRECT` where the filesystem allows it (see the module notes).
-    /// Off: through the page cache, which keeps a just-uploaded image cached for its first
-    /// downloads at the cost of the CPU the page cache takes.
-    #[serde(default = "default_direct_io")]
+    /// Write object data with `O_DIRECT` where the filesystem allows it (see the module notes):
+    /// far less CPU per uploaded byte, but the image is not left in the page cache. Off (the
+    /// default): through the page cache.
+    #[serde(default)]
     pub direct_io: bool,
-}
-
-fn default_direct_io() -> bool {
-    true
 }
 
 #[derive(Debug)]
