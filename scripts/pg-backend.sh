@@ -86,8 +86,10 @@ start() {
   pwinit=$(mktemp "$DIR/pwinit.XXXXXX")
   printf '%s\n' "$PASSWORD" > "$pwinit"
   if [ "$(id -u)" = 0 ]; then chown -R "$OS_USER" "$DIR"; chmod 644 "$DIR/password"; fi
+  # md5 rather than scram-sha-256: SCRAM's 4096 hash rounds make every connection of a debug
+  # build's client slow, and the tests open many. The gateway speaks both.
   as_os_user "$bin/initdb" -D "$DATA" -U "$PGUSER_NAME" --pwfile="$pwinit" \
-    --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C >"$DIR/initdb.log" 2>&1 || {
+    --auth-host=md5 --auth-local=trust -E UTF8 --locale=C >"$DIR/initdb.log" 2>&1 || {
     cat "$DIR/initdb.log" >&2
     exit 1
   }
@@ -109,6 +111,10 @@ CONF
     sleep 0.2
   done
   ready || { log "the server did not start; see $DIR/server.log"; exit 1; }
+  # Re-hash the password as md5 (initdb stored it as SCRAM), over the trusted local socket.
+  as_os_user "$bin/psql" -q -h "$DIR" -p "$PORT" -U "$PGUSER_NAME" -d postgres -v ON_ERROR_STOP=1 \
+    -c "SET password_encryption = 'md5'" \
+    -c "ALTER ROLE \"$PGUSER_NAME\" PASSWORD '$PASSWORD'" >&2
   log "ready on 127.0.0.1:$PORT (data in $DATA)"
   print_env
 }

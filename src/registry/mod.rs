@@ -7,6 +7,7 @@
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod copy;
 mod postgres_engine;
 pub mod query;
 mod sled_engine;

@@ -355,6 +355,89 @@ impl PostgresRegistry {
         })
     }
 
+    /// Stores `image` (record and members) as it is, unless its id is stored already: `false`
+    /// then. For copying a registry; the counters follow as for any new image.
+    pub async fn copy_in(&self, image: StoredImage) -> Result<bool, RegistryError> {
+        let err = self.err();
+        self.call(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(&err)?;
+                let exists = tx
+                    .query_opt(
+                        "SELECT 1 FROM images WHERE id = $1",
+                        &[&image.record.id.as_str()],
+                    )
+                    .await
+                    .map_err(&err)?;
+                if exists.is_some() {
+                    return Ok(false);
+                }
+                write(&tx, None, &image, None, &err).await?;
+                tx.commit().await.map_err(&err)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// Images and memberships stored, for checking a copy.
+    pub async fn totals(&self) -> Result<(u64, u64), RegistryError> {
+        let err = self.err();
+        self.call(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM members)",
+                        &[],
+                    )
+                    .await
+                    .map_err(&err)?;
+                Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+            })
+        })
+        .await
+    }
+
+    /// Takes over `id` as this registry's id (the stores' ownership markers name it), which only
+    /// a registry without images may do.
+    pub async fn adopt_id(&self, id: &str) -> Result<(), RegistryError> {
+        let (id, err, database) = (id.to_owned(), self.err(), self.inner.database.clone());
+        self.call(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(&err)?;
+                let current: String = tx
+                    .query_one(
+                        "SELECT value FROM glance_gateway_meta WHERE key = 'registry_id' FOR UPDATE",
+                        &[],
+                    )
+                    .await
+                    .map_err(&err)?
+                    .get(0);
+                if current == id {
+                    return Ok(());
+                }
+                let any = tx
+                    .query_opt("SELECT 1 FROM images LIMIT 1", &[])
+                    .await
+                    .map_err(&err)?;
+                if any.is_some() {
+                    return Err(RegistryError::Storage(format!(
+                        "{database} already holds images of registry {current}"
+                    )));
+                }
+                tx.execute(
+                    "UPDATE glance_gateway_meta SET value = $1 WHERE key = 'registry_id'",
+                    &[&id],
+                )
+                .await
+                .map_err(&err)?;
+                tx.commit().await.map_err(&err)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// This process's replica id.
     pub fn replica(&self) -> &str {
         &self.inner.replica
@@ -686,7 +769,6 @@ impl RegistryEngine for PostgresRegistry {
 
     async fn insert_new(&self, record: ImageRecord) -> Result<ImageRecord, RegistryError> {
         let err = self.err();
-        let replica = self.inner.replica.clone();
         self.call(move |c| {
             Box::pin(async move {
                 let stored = StoredImage {
@@ -704,8 +786,9 @@ impl RegistryEngine for PostgresRegistry {
                 if exists.is_some() {
                     return Err(RegistryError::Conflict(stored.record.id.clone()));
                 }
-                let saving = (stored.record.status == ImageStatus::Saving).then_some(replica);
-                match write(&tx, None, &stored, saving.as_deref(), &err).await {
+                // Uploads move images into `saving` by update: one stored as `saving` (a copy
+                // from another registry) has no upload running, so no replica.
+                match write(&tx, None, &stored, None, &err).await {
                     // Another replica inserted the same id in between.
                     Err(RegistryError::Storage(text)) if text.contains("(23505)") => {
                         return Err(RegistryError::Conflict(stored.record.id.clone()))

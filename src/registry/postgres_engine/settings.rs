@@ -47,6 +47,11 @@ impl DatabaseUrl {
         }
     }
 
+    /// The URL as configured (it holds no password).
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
     pub fn config(&self) -> tokio_postgres::Config {
         tokio_postgres::Config::from_str(&self.raw).expect("checked when parsed")
     }

@@ -317,3 +317,76 @@ async fn one_replica_at_a_time_runs_a_chore() {
     }
     assert!(free, "the lock outlived its guard");
 }
+
+#[tokio::test]
+async fn a_sled_registry_copies_over_with_members_reserved_ids_and_its_id() {
+    let Some(settings) = fresh().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (sled_id, images) = {
+        let sled = Registry::open(dir.path()).unwrap();
+        let mut images = vec![];
+        for i in 0..30u64 {
+            let mut r = ImageRecord::new(ImageId::random(), Timestamp::now());
+            r.owner = Some(format!("t{}", i % 3));
+            r.size = i * 10;
+            let id = sled.insert_new(r).await.unwrap().id;
+            let stored = sled
+                .update::<RegistryError, _>(&id, move |s| {
+                    s.record.status = match i % 5 {
+                        0 => ImageStatus::Deleted,
+                        1 => ImageStatus::Queued,
+                        _ => ImageStatus::Active,
+                    };
+                    if i % 4 == 0 {
+                        s.members = vec![crate::model::Membership {
+                            image_id: s.record.id.clone(),
+                            member: "m1".into(),
+                            can_share: true,
+                            seq: i,
+                        }];
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            images.push(stored);
+        }
+        (sled.id().to_owned(), images)
+    };
+    let copied = crate::registry::copy::sled_to_postgres(dir.path(), &settings)
+        .await
+        .unwrap();
+    assert_eq!((copied.images, copied.skipped, copied.members), (30, 0, 8));
+    // Again: nothing new, counts still match.
+    let again = crate::registry::copy::sled_to_postgres(dir.path(), &settings)
+        .await
+        .unwrap();
+    assert_eq!((again.images, again.skipped), (0, 30));
+
+    let pg = PostgresRegistry::open(&settings).await.unwrap();
+    assert_eq!(
+        pg.id(),
+        sled_id,
+        "the stores' markers name the sled registry's id"
+    );
+    for image in &images {
+        assert_eq!(
+            pg.get(&image.record.id).await.unwrap().as_ref(),
+            Some(image)
+        );
+        assert!(matches!(
+            pg.insert_new(image.record.clone()).await,
+            Err(RegistryError::Conflict(_))
+        ));
+    }
+    assert_eq!(pg.shared_with("m1").await.unwrap().len(), 8);
+    let sled = Registry::open(dir.path()).unwrap();
+    for owner in ["t0", "t1", "t2"] {
+        assert_eq!(
+            pg.usage(Some(owner)).await.unwrap(),
+            sled.usage(Some(owner)).await.unwrap()
+        );
+    }
+}
