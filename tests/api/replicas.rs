@@ -426,3 +426,131 @@ async fn a_replica_killed_mid_upload_is_cleaned_up_by_the_other_after_its_lease(
     );
     b.kill9().await;
 }
+
+/// A relay to the test database that can stop relaying: a server that accepts connections but
+/// never answers.
+struct SilentRelay {
+    addr: std::net::SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentRelay {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, flag.clone()));
+                tokio::spawn(pump(sr, cw, flag.clone()));
+            }
+        });
+        Self { addr, frozen }
+    }
+}
+
+/// Copies `from` to `to`, holding the bytes while `frozen`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The database stops answering: requests answer 503 with the registry's message within the
+/// configured timeouts (not 500, not a hang), and all is well again once it answers.
+#[tokio::test]
+async fn a_silent_registry_database_answers_503_in_time_and_recovers() {
+    let Some(pg) = fresh_postgres().await else {
+        eprintln!("skipping: GATEWAY_TEST_PG_URL not set");
+        return;
+    };
+    let config = pg.url.config();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        _ => panic!("the test database is on TCP"),
+    };
+    let relay = SilentRelay::start(format!("{host}:{}", config.get_ports()[0])).await;
+    let url = format!(
+        "postgres://{}@{}/{}?options={}",
+        config.get_user().unwrap(),
+        relay.addr,
+        config.get_dbname().unwrap_or("postgres"),
+        config.get_options().unwrap().replace('=', "%3D")
+    );
+    let mut file = postgres_registry_file(&pg);
+    file.url = Some(url);
+    file.connect_timeout = Some(1);
+    file.statement_timeout = Some(1);
+    let app = TestApp::builder().registry(file).spawn().await;
+    let id = app.public_image("db-down", b"abc").await;
+
+    relay
+        .frozen
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let resp = app.head(&format!("/v1/images/{id}")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let resp = app.get("/v1/images/detail").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("registry is unavailable"), "{body}");
+    assert!(
+        !body.contains("127.0.0.1"),
+        "the body names the database: {body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    relay
+        .frozen
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let resp = app.head(&format!("/v1/images/{id}")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// A wrong password stops the gateway at startup with a message naming the database, never the
+/// password.
+#[tokio::test]
+async fn a_wrong_database_password_stops_the_gateway_naming_the_database() {
+    let Some(pg) = fresh_postgres().await else {
+        eprintln!("skipping: GATEWAY_TEST_PG_URL not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("pw");
+    std::fs::write(&wrong, "wrong-password-plugh\n").unwrap();
+    let mut file = postgres_registry_file(&pg);
+    file.password_file = Some(wrong);
+    let refused = TestApp::builder().registry(file).refused().await;
+    // The database as configured: user, host, port and name.
+    let named = pg.url.to_string();
+    let named = named.split(" (schema").next().unwrap();
+    assert!(refused.contains(named), "{refused}");
+    assert!(refused.contains("password"), "{refused}");
+    assert!(!refused.contains("plugh"), "{refused}");
+}

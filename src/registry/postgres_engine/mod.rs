@@ -852,7 +852,21 @@ impl RegistryEngine for PostgresRegistry {
         let err = self.err();
         self.call(move |c| {
             Box::pin(async move {
-                let batch = request.limit.clamp(MIN_BATCH, MAX_BATCH);
+                // When the SQL decides every filter, a page is one query of `limit` rows;
+                // otherwise rows are read a larger batch at a time for `matches` to sift.
+                let f = &request.filters;
+                let exact = f.name.is_none()
+                    && f.disk_format.is_none()
+                    && f.container_format.is_none()
+                    && f.min_ram.is_none()
+                    && f.min_disk.is_none()
+                    && f.protected.is_none()
+                    && f.properties.is_empty();
+                let batch = if exact {
+                    request.limit.min(MAX_BATCH)
+                } else {
+                    request.limit.clamp(MIN_BATCH, MAX_BATCH)
+                };
                 let mut page = vec![];
                 let mut after = request.after.clone();
                 loop {
