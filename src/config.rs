@@ -681,6 +681,16 @@ mod tests {
         assert!(err.contains("registry.url"), "{err}");
     }
 
+    /// The replicas' configuration of the compose `ha` profile.
+    #[test]
+    fn the_compose_replica_config_resolves() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("minio-fixtures/ha-gateway.toml");
+        let c = Config::load(Some(&path), Overrides::default()).unwrap();
+        let pg = c.registry.postgres.expect("a postgres registry");
+        assert_eq!(pg.url.to_string(), "postgres://glance@postgres:5432/glance");
+        assert_eq!(pg.lease, Duration::from_secs(30));
+    }
+
     #[test]
     fn admin_listener_never_shares_the_api_port() {
         let c = resolve("").unwrap();

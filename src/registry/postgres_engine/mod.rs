@@ -312,6 +312,7 @@ impl PostgresRegistry {
         });
         let registry = Self { inner };
         registry.renew_lease(settings.lease).await?;
+        registry.forget_old_replicas().await?;
         tokio::spawn(heartbeat(
             Arc::downgrade(&registry.inner),
             settings.lease,
@@ -432,6 +433,24 @@ impl PostgresRegistry {
                 .await
                 .map_err(&err)?;
                 tx.commit().await.map_err(&err)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Every start leaves a lease row: those expired long ago go (an image `saving` under a
+    /// replica without a row is an interrupted upload all the same).
+    async fn forget_old_replicas(&self) -> Result<(), RegistryError> {
+        let err = self.err();
+        self.call(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "DELETE FROM replicas WHERE expires_at < now() - interval '1 day'",
+                    &[],
+                )
+                .await
+                .map_err(&err)?;
                 Ok(())
             })
         })
