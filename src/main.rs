@@ -146,17 +146,24 @@ async fn serve(
     log_format: Option<LogFormat>,
 ) -> anyhow::Result<ExitCode> {
     let config = load(path.clone(), overrides).await?;
-    init_logging(log_format.unwrap_or(config.log_format));
+    // Held to the end: dropping it writes out the lines still queued.
+    let _log_writer = init_logging(log_format.unwrap_or(config.log_format));
     glance_gateway::server::run(config, path.as_deref(), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr: text (coloured only on a terminal) or JSON lines.
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr: text (coloured only on a terminal) or JSON lines. Lines are written by a
+/// thread of their own, so a request never waits on the terminal or the log file; when that
+/// thread falls behind, loggers wait rather than lines being dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder
@@ -166,6 +173,7 @@ fn init_logging(format: LogFormat) {
             .with_span_list(false)
             .init(),
     }
+    guard
 }
 
 /// SIGTERM (docker stop, Kubernetes) or SIGINT (Ctrl-C). Handlers are installed, so this also

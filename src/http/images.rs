@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::image_meta::{self, is_true_word, unquote};
 use super::range::{parse_range, ByteRangeRequest};
-use super::views::{self, json_response};
+use super::views::{self, json_response, Keyed};
 use super::{host, list_query, Ctx};
 use crate::catalog::{self, ImageData, IncomingData, WriteRequest};
 use crate::error::{ApiError, ApiResult};
@@ -43,10 +43,10 @@ pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
             .iter()
             .map(|r| views::full(r, direct_url(ctx, r)))
             .collect();
-        json_response(StatusCode::OK, &json!({ "images": images }))
+        json_response(StatusCode::OK, &Keyed("images", &images))
     } else {
         let images: Vec<_> = page.iter().map(views::brief).collect();
-        json_response(StatusCode::OK, &json!({ "images": images }))
+        json_response(StatusCode::OK, &Keyed("images", &images))
     })
 }
 
@@ -198,7 +198,10 @@ fn is_octet_stream(headers: &HeaderMap) -> bool {
 fn image_response(status: StatusCode, record: &ImageRecord, ctx: &Ctx) -> Response {
     let mut response = json_response(
         status,
-        &json!({ "image": views::full(&readable(ctx, record), direct_url(ctx, record)) }),
+        &Keyed(
+            "image",
+            &views::full(&readable(ctx, record), direct_url(ctx, record)),
+        ),
     );
     if let Some(etag) = record
         .checksum

@@ -11,43 +11,57 @@ use serde_json::ser::Formatter;
 
 use crate::model::ImageRecord;
 
-/// The twenty keys of the full form, in a fixed order (Glance v1's eighteen and the multihash).
+/// The twenty keys of the full form (Glance v1's eighteen and the multihash), declared in
+/// alphabetical order: serialised directly, they come out in the order responses have always had.
 #[derive(Serialize)]
 pub struct FullImage<'a> {
-    id: &'a str,
-    name: Option<&'a str>,
-    status: &'a str,
-    size: u64,
-    virtual_size: Option<u64>,
-    disk_format: Option<&'a str>,
-    container_format: Option<&'a str>,
     checksum: Option<&'a str>,
-    os_hash_algo: Option<&'a str>,
-    os_hash_value: Option<&'a str>,
-    min_disk: u64,
-    min_ram: u64,
-    is_public: bool,
-    protected: bool,
-    owner: Option<&'a str>,
+    container_format: Option<&'a str>,
     created_at: String,
-    updated_at: String,
-    deleted_at: Option<String>,
     deleted: bool,
-    properties: &'a BTreeMap<String, Option<String>>,
+    deleted_at: Option<String>,
+    disk_format: Option<&'a str>,
+    id: &'a str,
+    is_public: bool,
     /// Only for admins when `show_image_direct_url` is on: the credential-free location.
     #[serde(skip_serializing_if = "Option::is_none")]
     location: Option<String>,
+    min_disk: u64,
+    min_ram: u64,
+    name: Option<&'a str>,
+    os_hash_algo: Option<&'a str>,
+    os_hash_value: Option<&'a str>,
+    owner: Option<&'a str>,
+    properties: &'a BTreeMap<String, Option<String>>,
+    protected: bool,
+    size: u64,
+    status: &'a str,
+    updated_at: String,
+    virtual_size: Option<u64>,
 }
 
-/// The six keys of the brief form.
+/// The six keys of the brief form, alphabetical as [`FullImage`]'s.
 #[derive(Serialize)]
 pub struct BriefImage<'a> {
+    checksum: Option<&'a str>,
+    container_format: Option<&'a str>,
+    disk_format: Option<&'a str>,
     id: &'a str,
     name: Option<&'a str>,
-    disk_format: Option<&'a str>,
-    container_format: Option<&'a str>,
-    checksum: Option<&'a str>,
     size: u64,
+}
+
+/// `{"<key>": value}`, serialised without building a `serde_json::Value` first (a list page
+/// is written straight from the records).
+pub struct Keyed<'a, T: ?Sized>(pub &'static str, pub &'a T);
+
+impl<T: Serialize + ?Sized> Serialize for Keyed<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
 }
 
 pub fn full(record: &ImageRecord, direct_url: Option<String>) -> FullImage<'_> {
@@ -175,5 +189,24 @@ mod tests {
         assert_eq!(v.as_object().unwrap().len(), 20);
         let v: serde_json::Value = serde_json::from_slice(&to_json_bytes(&brief(&r))).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn views_serialise_as_their_sorted_values() {
+        let mut r = ImageRecord::new(
+            crate::model::ImageId::random(),
+            crate::model::Timestamp::now(),
+        );
+        r.name = Some("n".into());
+        r.properties.insert("os".into(), Some("linux".into()));
+        let full = full(&r, Some("file:///x".into()));
+        let direct = to_json_bytes(&Keyed("images", &[&full]));
+        let through_value = to_json_bytes(&json!({ "images": [full] }));
+        assert_eq!(direct, through_value);
+        let brief = brief(&r);
+        assert_eq!(
+            to_json_bytes(&Keyed("image", &brief)),
+            to_json_bytes(&json!({ "image": brief }))
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! * `meta`: `schema_version`, `registry_id`.
 //!
 //! Every change to an image rewrites the entries that differ in one transaction over all trees,
-//! then flushes. Every sled call runs on a blocking thread.
+//! then waits for a flush that began after it committed; concurrent writers share one flush
+//! ([`GroupFlush`]). Every sled call runs on a blocking thread.
 
 mod keys;
 mod upgrade;
@@ -17,7 +18,7 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use async_trait::async_trait;
 use sled::transaction::{
@@ -74,6 +75,64 @@ struct Trees {
     decoded: AtomicU64,
     /// `CHANGES_WINDOW`, smaller in tests so both ways of answering are exercised.
     changes_window: usize,
+    flushes: GroupFlush,
+}
+
+/// Group commit: a writer needs a flush that *started* after its transaction committed. While
+/// one flush runs, the writers that commit meanwhile wait and share the next one, so N
+/// concurrent writes cost about two flushes instead of N.
+#[derive(Default)]
+struct GroupFlush {
+    state: Mutex<FlushState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Flushes started so far (the running one included).
+    started: u64,
+    /// Flushes finished so far (in order: one runs at a time).
+    finished: u64,
+    running: bool,
+    /// The last flush's failure, for the writers that waited on it.
+    failed: Option<(u64, String)>,
+}
+
+impl GroupFlush {
+    /// Returns once a flush that began after this call has reached stable storage. Blocking.
+    fn flush(&self, db: &sled::Db) -> Result<(), RegistryError> {
+        self.flush_with(|| db.flush().map(drop))
+    }
+
+    fn flush_with(&self, flush: impl Fn() -> sled::Result<()>) -> Result<(), RegistryError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // The first flush that starts from now on covers this writer's commit.
+        let needed = st.started + 1;
+        loop {
+            if st.finished >= needed {
+                return match &st.failed {
+                    Some((n, e)) if *n >= needed => Err(RegistryError::Storage(e.clone())),
+                    _ => Ok(()),
+                };
+            }
+            if st.running {
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.running = true;
+            st.started += 1;
+            let this = st.started;
+            drop(st);
+            let result = flush();
+            st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.running = false;
+            st.finished = this;
+            if let Err(e) = &result {
+                st.failed = Some((this, e.to_string()));
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -124,6 +183,7 @@ impl SledRegistry {
             db,
             decoded: AtomicU64::new(0),
             changes_window: CHANGES_WINDOW,
+            flushes: GroupFlush::default(),
         };
         match meta.get("schema_version")? {
             None => {
@@ -455,7 +515,7 @@ impl Trees {
                 });
             }
         }
-        let mut page = vec![];
+        let mut page = Vec::with_capacity(limit.min(256));
         let mut last: Option<Vec<u8>> = None;
         for source in &mut sources {
             source.advance()?;
@@ -570,7 +630,7 @@ impl RegistryEngine for SledRegistry {
                 Err(UpdateError::Registry(e)) => return Err(e),
                 Err(UpdateError::Refused(_)) => unreachable!("inserts refuse nothing"),
             }
-            t.db.flush()?;
+            t.flushes.flush(&t.db)?;
             Ok(stored.record)
         })
         .await
@@ -597,7 +657,7 @@ impl RegistryEngine for SledRegistry {
                     Ok(after)
                 })
                 .map_err(tx_error)?;
-            t.db.flush().map_err(RegistryError::from)?;
+            t.flushes.flush(&t.db)?;
             Ok(stored)
         })
         .await

@@ -263,3 +263,54 @@ async fn a_schema_1_registry_is_upgraded_in_place() {
         vec![id(2), id(1)]
     );
 }
+
+/// Writers that commit while a flush runs share the next one, and none returns before a flush
+/// that started after its call has finished.
+#[test]
+fn concurrent_writers_share_flushes() {
+    use std::sync::Barrier;
+    use std::time::{Duration, Instant};
+
+    let group = Arc::new(GroupFlush::default());
+    let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started_at = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let writers = 8;
+    let barrier = Arc::new(Barrier::new(writers));
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let (group, flushes, started_at, barrier) = (
+                Arc::clone(&group),
+                Arc::clone(&flushes),
+                Arc::clone(&started_at),
+                Arc::clone(&barrier),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let called = Instant::now();
+                group
+                    .flush_with(|| {
+                        started_at.lock().unwrap().push(Instant::now());
+                        flushes.fetch_add(1, AtomicOrdering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        Ok(())
+                    })
+                    .unwrap();
+                // Some flush began after this writer called, and has finished by now.
+                let covered = started_at
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|&t| t >= called && t + Duration::from_millis(50) <= Instant::now());
+                assert!(
+                    covered,
+                    "returned before a flush that started after the call"
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let n = flushes.load(AtomicOrdering::SeqCst);
+    assert!((1..=3).contains(&n), "{writers} writers ran {n} flushes");
+}
