@@ -884,7 +884,7 @@ impl RegistryEngine for PostgresRegistry {
                 let batch = if exact {
                     request.limit.min(MAX_BATCH)
                 } else {
-                    request.limit.clamp(MIN_BATCH, MAX_BATCH)
+                    request.limit.saturating_mul(4).clamp(MIN_BATCH, MAX_BATCH)
                 };
                 let mut page = vec![];
                 let mut after = request.after.clone();
