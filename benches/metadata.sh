@@ -208,7 +208,8 @@ pg_password() {
 }
 fresh_pg_schema() {
     PGPASSWORD="$(pg_password)" psql -q "$BENCH_PG_URL" -v ON_ERROR_STOP=1 \
-        -c "DROP SCHEMA IF EXISTS glance_bench CASCADE" -c "CREATE SCHEMA glance_bench" >/dev/null
+        -c "SET client_min_messages = warning" -c "DROP SCHEMA IF EXISTS glance_bench CASCADE" \
+        -c "CREATE SCHEMA glance_bench" >/dev/null
 }
 
 registry_size() {

@@ -12,7 +12,7 @@ use stores::{ObjectInfo, ObjectKey, Store, StoreName};
 use crate::catalog::delete_data;
 use crate::config::SweepOrphans;
 use crate::model::{ImageId, ImageStatus, Timestamp};
-use crate::registry::{RegistryError, StoredImage};
+use crate::registry::{Registry, RegistryError};
 use crate::state::AppState;
 
 const TICK: Duration = Duration::from_secs(30);
@@ -122,13 +122,15 @@ struct Known {
 }
 
 impl Known {
-    fn from(images: Vec<StoredImage>) -> Self {
+    /// Reads the registry a page at a time, keeping only locations.
+    async fn read(registry: &Registry) -> Result<Self, RegistryError> {
         let mut known = Self {
-            empty: images.is_empty(),
+            empty: true,
             ..Self::default()
         };
-        for image in images {
-            let r = image.record;
+        let mut records = std::pin::pin!(registry.walk_records());
+        while let Some(r) = records.try_next().await? {
+            known.empty = false;
             let Some(loc) = r.location else { continue };
             if r.status == ImageStatus::Deleted || r.status == ImageStatus::Killed {
                 continue;
@@ -142,7 +144,7 @@ impl Known {
             }
             known.referenced.insert((loc.store, loc.key));
         }
-        known
+        Ok(known)
     }
 }
 
@@ -268,11 +270,8 @@ async fn saving_keys(
 async fn read_known(state: &AppState) -> Option<Known> {
     // Read before the registry: a migration that finishes in between is in the registry then.
     let migrating = state.migrations.protected_objects();
-    match state.registry.all().await {
-        Ok(all) => Some(Known {
-            migrating,
-            ..Known::from(all)
-        }),
+    match Known::read(&state.registry).await {
+        Ok(known) => Some(Known { migrating, ..known }),
         Err(e) => {
             tracing::error!(error = %e, "sweep stopped: registry unreadable");
             None

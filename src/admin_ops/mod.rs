@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -281,12 +282,10 @@ async fn records_where(
 ) -> ApiResult<Vec<ImageRecord>> {
     let mut records: Vec<ImageRecord> = state
         .registry
-        .all()
-        .await?
-        .into_iter()
-        .map(|s| s.record)
-        .filter(|r| keep(r))
-        .collect();
+        .walk_records()
+        .try_filter(|r| std::future::ready(keep(r)))
+        .try_collect()
+        .await?;
     records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(records)
 }

@@ -135,7 +135,7 @@ impl fmt::Debug for ChoreGuard {
 }
 
 /// Images [`Registry::walk_state`] reads at a time.
-const WALK_BATCH: usize = 256;
+pub(crate) const WALK_BATCH: usize = 256;
 
 /// A place that keeps image records.
 ///
@@ -431,16 +431,20 @@ impl Registry {
         self.engine.chore_lock(chore).await
     }
 
-    /// Every image ever stored, deleted ones included, read page by page. For the sweep (which
-    /// runs rarely), admin operations, tests and offline tools: no image API request calls it,
-    /// since it holds the whole registry.
-    pub async fn all(&self) -> Result<Vec<StoredImage>, RegistryError> {
-        let mut out = vec![];
-        let mut after = None;
-        loop {
+    /// Every image record ever stored, deleted ones included, by id, a page at a time: the
+    /// caller holds one page however many images there are. For the sweep, admin operations,
+    /// tests and offline tools; no image API request walks the whole registry.
+    pub fn walk_records(
+        &self,
+    ) -> impl Stream<Item = Result<ImageRecord, RegistryError>> + Send + '_ {
+        futures::stream::try_unfold(Some(None::<ImageRecord>), move |cursor| async move {
+            let Some(after) = cursor else {
+                return Ok::<_, RegistryError>(None);
+            };
             let page = self
                 .list_page(PageRequest {
                     audience: Audience::Everything,
+                    // Deleted and killed images are listed only with `changes_since`.
                     filters: Filters {
                         changes_since: Some(crate::model::Timestamp::from_datetime(
                             time::macros::datetime!(1000-01-01 0:00 UTC),
@@ -450,18 +454,30 @@ impl Registry {
                     sort_key: SortKey::Id,
                     sort_dir: SortDir::Asc,
                     after,
-                    limit: 1000,
+                    limit: WALK_BATCH as u64,
                 })
                 .await?;
-            let Some(last) = page.last().cloned() else {
-                return Ok(out);
+            let next = match page.last() {
+                Some(last) if page.len() == WALK_BATCH => Some(Some(last.clone())),
+                _ => None,
             };
-            for record in page {
-                if let Some(stored) = self.get(&record.id).await? {
-                    out.push(stored);
-                }
+            Ok(Some((
+                futures::stream::iter(page.into_iter().map(Ok)),
+                next,
+            )))
+        })
+        .try_flatten()
+    }
+
+    /// Every image ever stored with its memberships, in memory at once: tests and small tools.
+    pub async fn all(&self) -> Result<Vec<StoredImage>, RegistryError> {
+        let mut out = vec![];
+        let mut records = std::pin::pin!(self.walk_records());
+        while let Some(record) = records.try_next().await? {
+            if let Some(stored) = self.get(&record.id).await? {
+                out.push(stored);
             }
-            after = Some(last);
         }
+        Ok(out)
     }
 }
