@@ -104,6 +104,7 @@ start_gateway() {
     local dir="$1"
     cat >"$dir/gateway.toml" <<EOF
 bind = "127.0.0.1:$port"
+admin_bind = "127.0.0.1:$((port + 1))"
 data_dir = "$dir"
 auth = "trusted-headers"
 sweep_interval = 0
