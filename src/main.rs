@@ -71,6 +71,26 @@ enum Command {
     Verify(admin_cli::VerifyArgs),
     /// Move images' data to another store, keeping their ids.
     Migrate(admin_cli::MigrateArgs),
+    /// Registry tools (run with the gateway stopped).
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Copy a sled registry into PostgreSQL: every record (deleted ones too, so their ids stay
+    /// reserved), its members and the registry id; then compare the counts.
+    Copy {
+        /// `sled:PATH`, the registry directory (`[registry] path`, default data_dir/registry).
+        #[arg(long)]
+        from: String,
+        /// `postgres:postgres://user@host:port/dbname` (or the URL alone), without a password.
+        #[arg(long)]
+        to: String,
+        /// A file holding the database password on one line.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -101,6 +121,11 @@ async fn main() -> ExitCode {
         Command::Images(args) => return admin_exit(admin_cli::images(args).await),
         Command::Verify(args) => return admin_exit(admin_cli::verify(args).await),
         Command::Migrate(args) => return admin_exit(admin_cli::migrate(args).await),
+        Command::Registry(RegistryCommand::Copy {
+            from,
+            to,
+            password_file,
+        }) => registry_copy(&from, &to, password_file).await,
     };
     match result {
         Ok(code) => code,
@@ -176,6 +201,32 @@ async fn healthcheck(path: Option<PathBuf>, url: Option<String>) -> anyhow::Resu
         None => checks::healthcheck_url(&load(path, Overrides::default()).await?),
     };
     checks::healthcheck(&url).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn registry_copy(
+    from: &str,
+    to: &str,
+    password_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use glance_gateway::registry::{copy, DatabaseUrl, PostgresSettings};
+    let Some(path) = from.strip_prefix("sled:") else {
+        anyhow::bail!("--from: expected sled:PATH");
+    };
+    let url = if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        to
+    } else {
+        to.strip_prefix("postgres:")
+            .ok_or_else(|| anyhow::anyhow!("--to: expected postgres:URL"))?
+    };
+    let url = DatabaseUrl::parse(url).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let mut settings = PostgresSettings::new(url);
+    settings.password_file = password_file;
+    let copied = copy::sled_to_postgres(std::path::Path::new(path), &settings).await?;
+    println!(
+        "copied {} images ({} already there) and {} memberships into {}; counts match",
+        copied.images, copied.skipped, copied.members, settings.url
+    );
     Ok(ExitCode::SUCCESS)
 }
 
