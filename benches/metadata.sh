@@ -7,6 +7,10 @@
 #   BENCH_SECONDS   seconds per wrk run (default 10)
 #   BENCH_CLIENTS   concurrent seeding clients (default 16)
 #   BENCH_CACHE_MB  the registry's page cache, `[registry] cache_mb` (default 64, the default)
+#   BENCH_REGISTRY  sled (default) or postgres: then BENCH_PG_URL and BENCH_PG_PASSWORD_FILE
+#                   (default GATEWAY_TEST_PG_URL and GATEWAY_TEST_PG_PASSWORD_FILE, as
+#                   `eval "$(scripts/pg-backend.sh start)"` sets them) name the database; the
+#                   registry is the schema glance_bench, dropped and created for each size
 #   BENCH_DIR       scratch directory for the gateway's data (default ${TMPDIR:-/tmp}/...,
 #                   removed at the end)
 #   GATEWAY_BIN     binary to run (default <target>/release/glance-gateway)
@@ -38,6 +42,9 @@ BENCH_SECONDS="${BENCH_SECONDS:-10}"
 BENCH_CLIENTS="${BENCH_CLIENTS:-16}"
 BENCH_CACHE_MB="${BENCH_CACHE_MB:-64}"
 BENCH_BUILD="${BENCH_BUILD:-1}"
+BENCH_REGISTRY="${BENCH_REGISTRY:-sled}"
+BENCH_PG_URL="${BENCH_PG_URL:-${GATEWAY_TEST_PG_URL:-}}"
+BENCH_PG_PASSWORD_FILE="${BENCH_PG_PASSWORD_FILE:-${GATEWAY_TEST_PG_PASSWORD_FILE:-}}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 GATEWAY_BIN="${GATEWAY_BIN:-$target/release/glance-gateway}"
 SEED_BIN="${SEED_BIN:-$target/release/examples/metadata_seed}"
@@ -50,6 +57,10 @@ if ! command -v wrk >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
     fi
+fi
+if [ "$BENCH_REGISTRY" = postgres ]; then
+    [ -n "$BENCH_PG_URL" ] || die "BENCH_REGISTRY=postgres needs BENCH_PG_URL"
+    command -v psql >/dev/null || die "psql is required (Debian: apt-get install -y postgresql-client)"
 fi
 for tool in wrk curl awk sort; do
     command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install -y $tool)"
@@ -98,10 +109,23 @@ data_dir = "$dir"
 auth = "trusted-headers"
 sweep_interval = 0
 
+EOF
+    if [ "$BENCH_REGISTRY" = postgres ]; then
+        local password_line=""
+        [ -z "$BENCH_PG_PASSWORD_FILE" ] || password_line="password_file = \"$BENCH_PG_PASSWORD_FILE\""
+        cat >>"$dir/gateway.toml" <<EOF
+[registry]
+kind = "postgres"
+url = "$BENCH_PG_URL?options=-csearch_path%3Dglance_bench"
+$password_line
+EOF
+    else
+        cat >>"$dir/gateway.toml" <<EOF
 [registry]
 kind = "sled"
 cache_mb = $BENCH_CACHE_MB
 EOF
+    fi
     local t0 t1
     t0=$(date +%s%N)
     "$GATEWAY_BIN" serve --config "$dir/gateway.toml" >>"$dir/gateway.log" 2>&1 &
@@ -179,10 +203,32 @@ request = function()
 end
 EOF
 
-echo "bench: $(nproc) cores; wrk -t1, ${BENCH_SECONDS}s per run, medians of $BENCH_RUNS runs"
+# An empty PostgreSQL registry: the schema glance_bench, new.
+pg_password() {
+    [ -z "$BENCH_PG_PASSWORD_FILE" ] || head -n1 "$BENCH_PG_PASSWORD_FILE"
+}
+fresh_pg_schema() {
+    PGPASSWORD="$(pg_password)" psql -q "$BENCH_PG_URL" -v ON_ERROR_STOP=1 \
+        -c "SET client_min_messages = warning" -c "DROP SCHEMA IF EXISTS glance_bench CASCADE" \
+        -c "CREATE SCHEMA glance_bench" >/dev/null
+}
+
+registry_size() {
+    if [ "$BENCH_REGISTRY" = postgres ]; then
+        PGPASSWORD="$(pg_password)" psql -qAt "$BENCH_PG_URL" -c \
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'glance_bench' AND c.relkind = 'r'"
+    else
+        du -sh "$1/registry" | cut -f1
+    fi
+}
+
+echo "bench: $(nproc) cores; wrk -t1, ${BENCH_SECONDS}s per run, medians of $BENCH_RUNS runs; $BENCH_REGISTRY registry"
 for n in $BENCH_SIZES; do
     dir="$work/n$n"
     mkdir -p "$dir"
+    [ "$BENCH_REGISTRY" != postgres ] || fresh_pg_schema
     start_gateway "$dir"
     seed_out=$("$SEED_BIN" seed "$base" "$n" "$BENCH_CLIENTS" "$dir/ids")
     seed_rss=$(peak_rss_mib)
@@ -191,7 +237,7 @@ for n in $BENCH_SIZES; do
     start_gateway "$dir"
     echo
     echo "N = $n images: seeded over HTTP in ${seed_s}s ($(awk -v n="$n" -v s="$seed_s" 'BEGIN { printf "%.0f", n / s }') images/s, $BENCH_CLIENTS clients)," \
-        "registry $(du -sh "$dir/registry" | cut -f1) on disk"
+        "registry $(registry_size "$dir") on disk"
     printf '  %-52s %10s %9s %9s\n' "request" "req/s" "p50 ms" "p99 ms"
     export IDS_FILE="$dir/ids"
     row "HEAD /v1/images/<random id>" 16 "${admin[@]}" -s "$work/head.lua" "$base"

@@ -70,9 +70,17 @@ pub async fn check_config(path: Option<&Path>) -> Vec<Finding> {
             config.bind, config.admin_bind, config.default_store
         )),
     }];
+    let outcome = match &config.registry.postgres {
+        // Opening checks the connection, the password and the schema (creating or upgrading it).
+        Some(pg) => match crate::registry::PostgresRegistry::open(pg).await {
+            Ok(_) => Outcome::Ok("connects".to_owned()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        },
+        None => check_registry(&config.registry.path).await,
+    };
     findings.push(Finding {
-        what: format!("registry {}", config.registry.path.display()),
-        outcome: check_registry(&config.registry.path).await,
+        what: format!("registry {}", config.registry.describe()),
+        outcome,
     });
     for (name, store_config) in &config.stores {
         let what = format!("store {name} ({})", store_config.kind());

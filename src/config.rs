@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use stores::{HashAlgo, StoreConfig, StoreName};
 
-use crate::registry::{RegistryKind, RegistrySettings};
+use crate::registry::{DatabaseUrl, PostgresSettings, RegistryKind, RegistrySettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -177,12 +177,67 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryFile {
-    /// `sled` (the embedded engine, the default and only kind).
+    /// `sled` (the embedded engine, the default) or `postgres` (shared by several replicas).
     pub kind: Option<RegistryKind>,
-    /// Default `data_dir/registry`.
+    /// sled: default `data_dir/registry`.
     pub path: Option<PathBuf>,
     /// sled's page cache in MiB (default 64).
     pub cache_mb: Option<u64>,
+    /// postgres: `postgres://user@host:port/dbname`, without a password.
+    pub url: Option<String>,
+    /// postgres: a file holding the password on one line.
+    pub password_file: Option<PathBuf>,
+    /// postgres: the connection pool's size (default 16).
+    pub max_connections: Option<usize>,
+    /// postgres: seconds to connect or to wait for a pooled connection (default 5).
+    pub connect_timeout: Option<u64>,
+    /// postgres: seconds one statement may take (default 30).
+    pub statement_timeout: Option<u64>,
+    /// postgres: seconds after which a replica that stopped renewing its lease is taken for
+    /// dead and its interrupted uploads are killed (default 30).
+    pub lease_seconds: Option<u64>,
+}
+
+impl RegistryFile {
+    /// The `[registry]` settings of the postgres kind, checked.
+    fn postgres(&self) -> anyhow::Result<PostgresSettings> {
+        let text = self
+            .url
+            .as_deref()
+            .context("config key `registry.url`: required with kind = \"postgres\"")?;
+        let url = DatabaseUrl::parse(text)
+            .map_err(|e| anyhow::anyhow!("config key `registry.url`: {e}"))?;
+        let mut pg = PostgresSettings::new(url);
+        pg.password_file = self.password_file.clone();
+        let positive = |v: Option<u64>, key: &str, default: u64| -> anyhow::Result<u64> {
+            match v {
+                Some(0) => bail!("config key `registry.{key}`: must be at least 1"),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
+        pg.max_connections = positive(
+            self.max_connections.map(|n| n as u64),
+            "max_connections",
+            crate::registry::DEFAULT_MAX_CONNECTIONS as u64,
+        )? as usize;
+        pg.connect_timeout = Duration::from_secs(positive(
+            self.connect_timeout,
+            "connect_timeout",
+            crate::registry::DEFAULT_CONNECT_TIMEOUT,
+        )?);
+        pg.statement_timeout = Duration::from_secs(positive(
+            self.statement_timeout,
+            "statement_timeout",
+            crate::registry::DEFAULT_STATEMENT_TIMEOUT,
+        )?);
+        pg.lease = Duration::from_secs(positive(
+            self.lease_seconds,
+            "lease_seconds",
+            crate::registry::DEFAULT_LEASE_SECONDS,
+        )?);
+        Ok(pg)
+    }
 }
 
 /// `user_storage_quota`: bytes as an integer, or a string with a B/KB/MB/GB/TB suffix (binary).
@@ -331,8 +386,18 @@ impl Config {
         if registry_file.path.is_some() && file.registry_path.is_some() {
             bail!("config keys `registry_path` and `registry.path`: set one of them");
         }
+        let kind = registry_file.kind.unwrap_or(RegistryKind::Sled);
+        let postgres = match kind {
+            RegistryKind::Postgres => Some(registry_file.postgres()?),
+            RegistryKind::Sled => {
+                if registry_file.url.is_some() {
+                    bail!("config key `registry.url`: only with kind = \"postgres\"");
+                }
+                None
+            }
+        };
         let registry = RegistrySettings {
-            kind: registry_file.kind.unwrap_or(RegistryKind::Sled),
+            kind,
             path: registry_file
                 .path
                 .or(file.registry_path)
@@ -340,6 +405,7 @@ impl Config {
             cache_mb: registry_file
                 .cache_mb
                 .unwrap_or(crate::registry::DEFAULT_CACHE_MB),
+            postgres,
         };
         if registry.cache_mb == 0 {
             bail!("config key `registry.cache_mb`: must be at least 1");
@@ -559,13 +625,71 @@ mod tests {
             resolve("registry_path = \"/a\"\n[registry]\npath = \"/b\"").unwrap_err()
         );
         assert!(err.contains("registry.path"), "{err}");
+        let err = format!("{:#}", resolve("[registry]\nkind = \"mysql\"").unwrap_err());
+        assert!(err.contains("kind"), "{err}");
+        let err = format!("{:#}", resolve("[registry]\ncache_mb = 0").unwrap_err());
+        assert!(err.contains("cache_mb"), "{err}");
+    }
+
+    #[test]
+    fn postgres_registry_settings() {
+        let c = resolve("[registry]\nkind = \"postgres\"\nurl = \"postgres://gw@db:6543/images\"")
+            .unwrap();
+        let pg = c.registry.postgres.unwrap();
+        assert_eq!(pg.url.to_string(), "postgres://gw@db:6543/images");
+        assert_eq!(pg.max_connections, 16);
+        assert_eq!(pg.connect_timeout, Duration::from_secs(5));
+        assert_eq!(pg.statement_timeout, Duration::from_secs(30));
+        assert_eq!(pg.lease, Duration::from_secs(30));
+        let c = resolve(
+            "[registry]\nkind = \"postgres\"\nurl = \"postgres://gw@db/images\"\n\
+             password_file = \"/run/pw\"\nmax_connections = 4\nconnect_timeout = 2\n\
+             statement_timeout = 9\nlease_seconds = 12",
+        )
+        .unwrap();
+        let pg = c.registry.postgres.unwrap();
+        assert_eq!(pg.password_file, Some(PathBuf::from("/run/pw")));
+        assert_eq!(
+            (pg.max_connections, pg.statement_timeout, pg.lease),
+            (4, Duration::from_secs(9), Duration::from_secs(12))
+        );
         let err = format!(
             "{:#}",
             resolve("[registry]\nkind = \"postgres\"").unwrap_err()
         );
-        assert!(err.contains("kind"), "{err}");
-        let err = format!("{:#}", resolve("[registry]\ncache_mb = 0").unwrap_err());
-        assert!(err.contains("cache_mb"), "{err}");
+        assert!(err.contains("registry.url"), "{err}");
+        let err = format!(
+            "{:#}",
+            resolve("[registry]\nkind = \"postgres\"\nurl = \"postgres://gw:hunter2@db/x\"")
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("password_file") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            resolve(
+                "[registry]\nkind = \"postgres\"\nurl = \"postgres://gw@db/x\"\nlease_seconds = 0"
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("lease_seconds"), "{err}");
+        let err = format!(
+            "{:#}",
+            resolve("[registry]\nurl = \"postgres://gw@db/x\"").unwrap_err()
+        );
+        assert!(err.contains("registry.url"), "{err}");
+    }
+
+    /// The replicas' configuration of the compose `ha` profile.
+    #[test]
+    fn the_compose_replica_config_resolves() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("minio-fixtures/ha-gateway.toml");
+        let c = Config::load(Some(&path), Overrides::default()).unwrap();
+        let pg = c.registry.postgres.expect("a postgres registry");
+        assert_eq!(pg.url.to_string(), "postgres://glance@postgres:5432/glance");
+        assert_eq!(pg.lease, Duration::from_secs(30));
     }
 
     #[test]

@@ -94,6 +94,13 @@ impl From<RegistryError> for ApiError {
             RegistryError::Conflict(id) => {
                 Self::conflict(format!("An image with identifier {id} already exists"))
             }
+            RegistryError::Unavailable(detail) => Self {
+                detail: Some(format!("registry unavailable: {detail}")),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The image registry is unavailable; try again later.",
+                )
+            },
             other => Self::internal(other.to_string()),
         }
     }

@@ -18,21 +18,60 @@ use crate::state::AppState;
 const TICK: Duration = Duration::from_secs(30);
 
 pub async fn run(state: AppState) {
+    futures::future::join(upkeep(&state), recover_abandoned(&state)).await;
+}
+
+/// The scrubber and the sweeps. On a registry several replicas share, one replica at a time
+/// runs each (the registry's chore lock); the others skip that round.
+async fn upkeep(state: &AppState) {
     let sweep_every = Duration::from_secs(state.config.sweep_interval);
     let mut last_sweep: Option<std::time::Instant> = None;
     loop {
-        if let Err(e) = scrub(&state).await {
-            tracing::error!(error = %e, "scrubbing delayed deletes failed");
+        if let Some(_scrubbing) = chore(state, "scrub").await {
+            if let Err(e) = scrub(state).await {
+                tracing::error!(error = %e, "scrubbing delayed deletes failed");
+            }
         }
         let due = match last_sweep {
             None => true,
             Some(t) => !sweep_every.is_zero() && t.elapsed() >= sweep_every,
         };
         if due {
-            sweep(&state).await;
+            if let Some(_sweeping) = chore(state, "sweep").await {
+                sweep(state).await;
+            }
             last_sweep = Some(std::time::Instant::now());
         }
         tokio::time::sleep(TICK.min(Duration::from_secs(state.config.scrub_time.max(1)))).await;
+    }
+}
+
+async fn chore(state: &AppState, name: &'static str) -> Option<crate::registry::ChoreGuard> {
+    match state.registry.chore_lock(name).await {
+        Ok(guard) => guard,
+        Err(e) => {
+            tracing::warn!(chore = name, error = %e, "chore skipped: registry unavailable");
+            None
+        }
+    }
+}
+
+/// On a registry several replicas share: kills the uploads of replicas whose lease expired
+/// (and removes their partial data) every half lease, so an upload whose replica died is
+/// killed within two leases of its death. Nothing to do for a registry only this process uses.
+async fn recover_abandoned(state: &AppState) {
+    let Some(lease) = state.config.registry.postgres.as_ref().map(|pg| pg.lease) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(lease / 2).await;
+        match crate::upload::recover_abandoned(state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "killed uploads of a replica that is gone"),
+            Err(e) => {
+                tracing::warn!(error = %e, "recovering uploads of replicas that are gone failed")
+            }
+        }
     }
 }
 

@@ -36,16 +36,11 @@ const MAX_HEADERS: usize = 256;
 /// Opens the registry and every configured store, checks the stores, and recovers uploads a
 /// crash interrupted.
 pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
-    let settings = config.registry.clone();
-    let registry = tokio::task::spawn_blocking(move || Registry::open_with(&settings))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the registry at {}",
-                config.registry.path.display()
-            )
-        })?;
-    tracing::info!(path = %config.registry.path.display(), "registry opened");
+    let place = config.registry.describe();
+    let registry = Registry::open_with(&config.registry)
+        .await
+        .with_context(|| format!("cannot open the registry at {place}"))?;
+    tracing::info!(registry = %place, kind = registry.engine().kind(), "registry opened");
     let metrics = Arc::new(Metrics::new());
     let mut stores = Stores::new();
     for (name, store_config) in &config.stores {

@@ -440,11 +440,21 @@ async fn activate(
     Ok(activated.record)
 }
 
-/// Startup recovery: images a crash left in `saving` become `killed` and their partial data is
-/// removed. Walks only the registry's index of `saving` images.
+/// Startup (and shutdown) recovery: images a crash left in `saving` become `killed` and their
+/// partial data is removed. Walks only the registry's index of `saving` images; on a registry
+/// several replicas share, only this process's images and those of replicas that are gone.
 pub async fn recover_interrupted(state: &AppState) -> anyhow::Result<usize> {
+    recover(state, true).await
+}
+
+/// The same for the uploads of other replicas that are gone (run periodically).
+pub async fn recover_abandoned(state: &AppState) -> anyhow::Result<usize> {
+    recover(state, false).await
+}
+
+async fn recover(state: &AppState, include_own: bool) -> anyhow::Result<usize> {
     let mut recovered = 0;
-    let mut saving = std::pin::pin!(state.registry.walk_state(ImageStatus::Saving));
+    let mut saving = std::pin::pin!(state.registry.walk_interrupted(include_own));
     while let Some(StoredImage { record, .. }) = saving.try_next().await? {
         if let Some(loc) = &record.location {
             match state.stores.get(loc.store.as_str()) {

@@ -35,6 +35,8 @@ mod quotas;
 mod read;
 #[path = "api/remote.rs"]
 mod remote;
+#[path = "api/replicas.rs"]
+mod replicas;
 #[path = "api/s3.rs"]
 mod s3;
 #[path = "api/swift.rs"]

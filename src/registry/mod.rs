@@ -2,10 +2,13 @@
 //! engine trait ([`RegistryEngine`]). The gateway holds a [`Registry`] handle and never sees an
 //! engine's storage; sled ([`SledRegistry`]) is the embedded engine. Everything above this module
 //! (catalog, upload, listing, maintenance) works unchanged with any engine that passes the
-//! conformance suite in `conformance` (feature `testing`).
+//! conformance suite in `conformance` (feature `testing`). PostgreSQL ([`PostgresRegistry`]) is
+//! the engine several gateway replicas share.
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod copy;
+mod postgres_engine;
 pub mod query;
 mod sled_engine;
 
@@ -18,6 +21,10 @@ use async_trait::async_trait;
 use futures::{Stream, TryStreamExt};
 
 use crate::model::{ImageId, ImageRecord, ImageStatus, Membership};
+pub use postgres_engine::{
+    DatabaseUrl, PostgresRegistry, PostgresSettings, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LEASE_SECONDS, DEFAULT_MAX_CONNECTIONS, DEFAULT_STATEMENT_TIMEOUT,
+};
 use query::{Filters, SortDir, SortKey};
 pub use sled_engine::{SledRegistry, DEFAULT_CACHE_MB};
 
@@ -33,6 +40,9 @@ pub enum RegistryError {
     Storage(String),
     #[error("corrupt registry record: {0}")]
     Corrupt(String),
+    /// The registry's database cannot be reached, or did not answer in time.
+    #[error("the registry is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// One image as the registry keeps it: the record and its memberships, which change together.
@@ -102,6 +112,28 @@ pub type Change = Box<dyn Fn(&mut StoredImage) -> Result<(), Refusal> + Send>;
 /// Statuses with a small walkable index for the background jobs.
 pub const WALKED_STATES: [ImageStatus; 2] = [ImageStatus::Saving, ImageStatus::PendingDelete];
 
+/// Held while a cluster-wide chore runs (see [`RegistryEngine::chore_lock`]); dropping it lets
+/// another process run the chore.
+pub struct ChoreGuard(#[allow(dead_code)] Option<Box<dyn Any + Send + Sync>>);
+
+impl ChoreGuard {
+    /// A guard that holds nothing (an engine only one process uses).
+    pub fn alone() -> Self {
+        Self(None)
+    }
+
+    /// A guard that keeps `held` (a lock's connection, say) until it is dropped.
+    pub fn holding(held: impl Any + Send + Sync) -> Self {
+        Self(Some(Box::new(held)))
+    }
+}
+
+impl fmt::Debug for ChoreGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChoreGuard")
+    }
+}
+
 /// Images [`Registry::walk_state`] reads at a time.
 pub(crate) const WALK_BATCH: usize = 256;
 
@@ -134,6 +166,13 @@ pub(crate) const WALK_BATCH: usize = 256;
 ///   (zeros included, in declaration order), in constant time.
 /// * [`in_state`](Self::in_state) walks the images in one of [`WALKED_STATES`] by id, after
 ///   `after`, at most `limit`, without touching other images.
+/// * [`interrupted`](Self::interrupted) walks, like `in_state(Saving, ..)`, the `saving` images
+///   whose upload no running process will finish: those of processes that are gone and, with
+///   `include_own`, this process's own (at startup and shutdown). An engine only one process
+///   opens at a time has no other writers: the default answers every `saving` image with
+///   `include_own` and none without.
+/// * [`chore_lock`](Self::chore_lock) lets one process at a time run a chore (the scrubber, a
+///   sweep) over a registry several processes share; `None` means another process runs it now.
 /// * Nothing blocks the async runtime: engines run blocking work on blocking threads.
 #[async_trait]
 pub trait RegistryEngine: Send + Sync + fmt::Debug + 'static {
@@ -170,6 +209,23 @@ pub trait RegistryEngine: Send + Sync + fmt::Debug + 'static {
         after: Option<&ImageId>,
         limit: usize,
     ) -> Result<Vec<StoredImage>, RegistryError>;
+
+    async fn interrupted(
+        &self,
+        include_own: bool,
+        after: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredImage>, RegistryError> {
+        if include_own {
+            self.in_state(ImageStatus::Saving, after, limit).await
+        } else {
+            Ok(vec![])
+        }
+    }
+
+    async fn chore_lock(&self, _chore: &'static str) -> Result<Option<ChoreGuard>, RegistryError> {
+        Ok(Some(ChoreGuard::alone()))
+    }
 }
 
 /// The registry settings (`[registry]`).
@@ -179,12 +235,26 @@ pub struct RegistrySettings {
     pub path: PathBuf,
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
+    /// The database, with `kind = "postgres"`.
+    pub postgres: Option<PostgresSettings>,
+}
+
+impl RegistrySettings {
+    /// Where the registry is, for messages: sled's directory or the database's URL (which
+    /// never holds a password).
+    pub fn describe(&self) -> String {
+        match (&self.kind, &self.postgres) {
+            (RegistryKind::Postgres, Some(pg)) => format!("database {}", pg.url),
+            _ => self.path.display().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegistryKind {
     Sled,
+    Postgres,
 }
 
 /// The handle the gateway holds: cheap to clone, one engine behind it.
@@ -198,13 +268,25 @@ impl Registry {
         Self { engine }
     }
 
-    /// Opens the configured engine (blocking: call from a blocking thread).
-    pub fn open_with(settings: &RegistrySettings) -> Result<Self, RegistryError> {
-        match settings.kind {
-            RegistryKind::Sled => Ok(Self::new(Arc::new(SledRegistry::open(
-                &settings.path,
-                settings.cache_mb,
-            )?))),
+    /// Opens the configured engine (sled's blocking open runs on a blocking thread).
+    pub async fn open_with(settings: &RegistrySettings) -> Result<Self, RegistryError> {
+        match (settings.kind, &settings.postgres) {
+            (RegistryKind::Sled, _) => {
+                let (path, cache_mb) = (settings.path.clone(), settings.cache_mb);
+                let engine =
+                    tokio::task::spawn_blocking(move || SledRegistry::open(&path, cache_mb))
+                        .await
+                        .map_err(|e| {
+                            RegistryError::Storage(format!("registry task failed: {e}"))
+                        })??;
+                Ok(Self::new(Arc::new(engine)))
+            }
+            (RegistryKind::Postgres, Some(pg)) => {
+                Ok(Self::new(Arc::new(PostgresRegistry::open(pg).await?)))
+            }
+            (RegistryKind::Postgres, None) => Err(RegistryError::Storage(
+                "kind = \"postgres\" needs `registry.url`".to_owned(),
+            )),
         }
     }
 
@@ -315,6 +397,38 @@ impl Registry {
             Ok(Some((items, next)))
         })
         .try_flatten()
+    }
+
+    /// Every `saving` image whose upload no running process will finish (see
+    /// [`RegistryEngine::interrupted`]), a batch at a time.
+    pub fn walk_interrupted(
+        &self,
+        include_own: bool,
+    ) -> impl Stream<Item = Result<StoredImage, RegistryError>> + Send + '_ {
+        futures::stream::try_unfold(Some(None::<ImageId>), move |cursor| async move {
+            let Some(after) = cursor else {
+                return Ok::<_, RegistryError>(None);
+            };
+            let batch = self
+                .engine
+                .interrupted(include_own, after.as_ref(), WALK_BATCH)
+                .await?;
+            let next = match batch.last() {
+                Some(last) if batch.len() == WALK_BATCH => Some(Some(last.record.id.clone())),
+                _ => None,
+            };
+            let items = futures::stream::iter(batch.into_iter().map(Ok));
+            Ok(Some((items, next)))
+        })
+        .try_flatten()
+    }
+
+    /// Lets one process at a time run `chore` over this registry: `None` while another runs it.
+    pub async fn chore_lock(
+        &self,
+        chore: &'static str,
+    ) -> Result<Option<ChoreGuard>, RegistryError> {
+        self.engine.chore_lock(chore).await
     }
 
     /// Every image record ever stored, deleted ones included, by id, a page at a time: the

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glance_gateway::model::{ImageId, ImageRecord, ImageStatus, StoredLocation, Timestamp};
-use glance_gateway::registry::Registry;
 use stores::StoreName;
 use tokio::io::AsyncWriteExt;
 
@@ -154,7 +153,7 @@ async fn crash_recovery_kills_saving_images_and_removes_temp_files() {
     let saving_id = ImageId::random();
     let active_id = ImageId::random();
     {
-        let registry = Registry::open(&dir.path().join("registry")).unwrap();
+        let registry = open_registry(dir.path()).await;
         let mut saving = ImageRecord::new(saving_id.clone(), Timestamp::now());
         saving.status = ImageStatus::Saving;
         saving.disk_format = Some("raw".into());

@@ -33,7 +33,7 @@ const PART: usize = 5 * MIB;
 
 use stores::test_backends::S3TestEnv as S3Env;
 
-fn s3_env() -> Option<S3Env> {
+pub(crate) fn s3_env() -> Option<S3Env> {
     S3Env::from_env()
 }
 
@@ -51,14 +51,14 @@ macro_rules! s3_env {
 
 /// One test's corner of the bucket: a unique prefix, and a plain SDK client to look behind the
 /// gateway's back.
-struct Bucket {
+pub(crate) struct Bucket {
     env: S3Env,
-    prefix: String,
+    pub(crate) prefix: String,
     sdk: Client,
 }
 
 impl Bucket {
-    fn new(env: &S3Env, label: &str) -> Self {
+    pub(crate) fn new(env: &S3Env, label: &str) -> Self {
         let conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .endpoint_url(&env.endpoint)
@@ -84,7 +84,7 @@ impl Bucket {
     }
 
     /// An S3 store on this prefix with 5 MiB parts and threshold.
-    fn config(&self) -> S3StoreConfig {
+    pub(crate) fn config(&self) -> S3StoreConfig {
         let mut c = S3StoreConfig::new(self.env.bucket.clone());
         c.endpoint = Some(self.env.endpoint.clone());
         c.region = Some(self.env.region.clone());
@@ -97,16 +97,16 @@ impl Bucket {
         c
     }
 
-    fn store(&self) -> StoreConfig {
+    pub(crate) fn store(&self) -> StoreConfig {
         StoreConfig::S3(self.config())
     }
 
-    fn key(&self, id: &str) -> String {
+    pub(crate) fn key(&self, id: &str) -> String {
         format!("{}{id}", self.prefix)
     }
 
     /// Keys of the multipart uploads pending under this prefix.
-    async fn uploads(&self) -> Vec<String> {
+    pub(crate) async fn uploads(&self) -> Vec<String> {
         let out = self
             .sdk
             .list_multipart_uploads()
@@ -121,7 +121,7 @@ impl Bucket {
             .collect()
     }
 
-    async fn head(&self, id: &str) -> Option<HeadObjectOutput> {
+    pub(crate) async fn head(&self, id: &str) -> Option<HeadObjectOutput> {
         let key = self.key(id);
         match self
             .sdk

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use glance_gateway::config::{
     AuthMode, Config, ConfigFile, HashingAlgorithm, Overrides, PublicizeImage, QuotaValue,
-    RemoteSources, SweepOrphans,
+    RegistryFile, RemoteSources, SweepOrphans,
 };
 use glance_gateway::model::{ImageId, ImageRecord};
-use glance_gateway::registry::StoredImage;
+use glance_gateway::registry::{
+    DatabaseUrl, PostgresRegistry, PostgresSettings, Registry, RegistryKind, StoredImage,
+};
 use glance_gateway::state::AppState;
 use md5::{Digest, Md5};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -63,9 +65,16 @@ pub struct TestAppBuilder {
     max_concurrent_imports: Option<usize>,
     import_timeout: Option<u64>,
     hashing_algorithm: Option<HashingAlgorithm>,
+    /// The registry, instead of the suite's (sled, or a PostgreSQL schema per data directory).
+    registry: Option<RegistryFile>,
 }
 
 impl TestAppBuilder {
+    /// Uses this registry (several gateways on one PostgreSQL registry).
+    pub fn registry(mut self, file: RegistryFile) -> Self {
+        self.registry = Some(file);
+        self
+    }
     pub fn trusted_headers(mut self) -> Self {
         self.auth = Some(AuthMode::TrustedHeaders);
         self
@@ -175,7 +184,7 @@ impl TestAppBuilder {
         self
     }
 
-    fn config(&self, data_dir: &Path) -> Config {
+    fn config(&self, data_dir: &Path, registry: Option<RegistryFile>) -> Config {
         let mut stores = BTreeMap::new();
         if !self.extra_stores.is_empty() || !self.stores.is_empty() {
             stores.insert(
@@ -232,6 +241,7 @@ impl TestAppBuilder {
             import_timeout: self.import_timeout,
             hashing_algorithm: self.hashing_algorithm,
             stores,
+            registry,
             ..ConfigFile::default()
         };
         Config::resolve(
@@ -255,7 +265,11 @@ impl TestAppBuilder {
     /// directory); panics if it starts.
     pub async fn refused(self) -> String {
         let dir = tempfile::tempdir().expect("temp dir");
-        match glance_gateway::open_state(self.config(dir.path())).await {
+        let registry = match &self.registry {
+            Some(file) => Some(file.clone()),
+            None => registry_file(dir.path()).await,
+        };
+        match glance_gateway::open_state(self.config(dir.path(), registry)).await {
             Ok(_) => panic!("the gateway started"),
             Err(e) => format!("{e:#}"),
         }
@@ -263,7 +277,11 @@ impl TestAppBuilder {
 
     /// Starts a gateway on an existing data directory (restarts, crash recovery).
     pub async fn spawn_in(self, dir: Arc<TempDir>) -> TestApp {
-        let config = self.config(dir.path());
+        let registry = match &self.registry {
+            Some(file) => Some(file.clone()),
+            None => registry_file(dir.path()).await,
+        };
+        let config = self.config(dir.path(), registry);
         // A previous gateway on this directory may still be releasing the registry lock.
         let mut attempts = 0;
         let state = loop {
@@ -320,6 +338,82 @@ impl TestAppBuilder {
             task: Some(task),
             builder: self,
         }
+    }
+}
+
+/// The PostgreSQL test database (`GATEWAY_TEST_PG_URL`, from `scripts/pg-backend.sh`) when
+/// `GATEWAY_TEST_REGISTRY=postgres` asks the suite to run on it; `None` runs it on sled.
+pub fn postgres_base() -> Option<PostgresSettings> {
+    match std::env::var("GATEWAY_TEST_REGISTRY").as_deref() {
+        Ok("postgres") => {}
+        Ok("sled") | Err(_) => return None,
+        Ok(other) => panic!("GATEWAY_TEST_REGISTRY={other}: expected sled or postgres"),
+    }
+    let url = std::env::var("GATEWAY_TEST_PG_URL")
+        .expect("GATEWAY_TEST_REGISTRY=postgres needs GATEWAY_TEST_PG_URL (scripts/pg-backend.sh)");
+    let mut settings = PostgresSettings::new(DatabaseUrl::parse(&url).expect("a valid test URL"));
+    settings.password_file = std::env::var_os("GATEWAY_TEST_PG_PASSWORD_FILE").map(Into::into);
+    Some(settings)
+}
+
+/// The settings of a fresh schema of the PostgreSQL test database (`None` without one).
+pub async fn fresh_postgres() -> Option<PostgresSettings> {
+    let base = postgres_base().or_else(|| {
+        let url = stores::test_backends::gate("GATEWAY_TEST_PG_URL")?;
+        let mut settings = PostgresSettings::new(DatabaseUrl::parse(&url).expect("a valid URL"));
+        settings.password_file = std::env::var_os("GATEWAY_TEST_PG_PASSWORD_FILE").map(Into::into);
+        Some(settings)
+    })?;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    Some(
+        PostgresRegistry::create_schema(&base, &schema)
+            .await
+            .expect("create a test schema"),
+    )
+}
+
+/// `[registry]` of a postgres registry with these settings.
+pub fn postgres_registry_file(pg: &PostgresSettings) -> RegistryFile {
+    RegistryFile {
+        kind: Some(RegistryKind::Postgres),
+        url: Some(pg.url.raw().to_owned()),
+        password_file: pg.password_file.clone(),
+        lease_seconds: Some(pg.lease.as_secs()),
+        ..RegistryFile::default()
+    }
+}
+
+/// The registry of a test gateway on `dir`: sled's default under `dir`, or, with
+/// `GATEWAY_TEST_REGISTRY=postgres`, a schema of its own whose name `dir/pg-schema` keeps, so a
+/// restart on `dir` finds the same registry.
+pub async fn registry_file(dir: &Path) -> Option<RegistryFile> {
+    let base = postgres_base()?;
+    let marker = dir.join("pg-schema");
+    let schema = match std::fs::read_to_string(&marker) {
+        Ok(name) => name,
+        Err(_) => {
+            let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+            std::fs::write(&marker, &name).expect("write the schema marker");
+            name
+        }
+    };
+    let pg = PostgresRegistry::create_schema(&base, &schema)
+        .await
+        .expect("create the test schema");
+    Some(postgres_registry_file(&pg))
+}
+
+/// Opens the registry a test gateway on `dir` uses (for tests that prepare one before the
+/// gateway starts).
+pub async fn open_registry(dir: &Path) -> Registry {
+    match registry_file(dir).await {
+        Some(file) => {
+            let mut pg =
+                PostgresSettings::new(DatabaseUrl::parse(file.url.as_deref().unwrap()).unwrap());
+            pg.password_file = file.password_file;
+            Registry::new(Arc::new(PostgresRegistry::open(&pg).await.expect("open")))
+        }
+        None => Registry::open(&dir.join("registry")).expect("open"),
     }
 }
 
