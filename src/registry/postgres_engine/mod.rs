@@ -17,6 +17,8 @@
 //! time on the client, after which the connection is dropped rather than reused. Failures to
 //! reach the database are [`RegistryError::Unavailable`].
 
+mod page;
+mod rows;
 mod schema;
 mod settings;
 #[cfg(test)]
@@ -33,12 +35,13 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::query::{SortDir, SortKey};
 use super::{
-    Audience, Change, ChoreGuard, PageRequest, RegistryEngine, RegistryError, StoredImage,
-    UpdateError, WALKED_STATES,
+    Change, ChoreGuard, PageRequest, RegistryEngine, RegistryError, StoredImage, UpdateError,
+    WALKED_STATES,
 };
 use crate::model::{ImageId, ImageRecord, ImageStatus};
+use page::page_query;
+use rows::{decode, decode_rows, write};
 pub use settings::{
     DatabaseUrl, PostgresSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_STATEMENT_TIMEOUT,
@@ -103,155 +106,6 @@ fn pg_error(database: &str, e: tokio_postgres::Error) -> RegistryError {
             }
         }
     }
-}
-
-fn encode(image: &StoredImage) -> Result<String, RegistryError> {
-    serde_json::to_string(image).map_err(|e| RegistryError::Corrupt(e.to_string()))
-}
-
-fn decode(text: &str) -> Result<StoredImage, RegistryError> {
-    serde_json::from_str(text).map_err(|e| RegistryError::Corrupt(e.to_string()))
-}
-
-fn is_live(status: ImageStatus) -> bool {
-    !(status.is_deleted() || status == ImageStatus::Killed)
-}
-
-/// Sizes are u64; flipping the top bit maps them onto i64 in the same order.
-fn size_key(size: u64) -> i64 {
-    (size ^ (1 << 63)) as i64
-}
-
-fn str_key(v: &Option<String>) -> Vec<u8> {
-    v.as_deref().unwrap_or_default().as_bytes().to_vec()
-}
-
-/// Bytes an image counts against its owner's quota (as the sled engine counts them).
-fn usage_of(s: &StoredImage) -> i128 {
-    let r = &s.record;
-    if matches!(
-        r.status,
-        ImageStatus::Killed
-            | ImageStatus::Deleted
-            | ImageStatus::PendingDelete
-            | ImageStatus::Saving
-    ) {
-        0
-    } else {
-        i128::from(r.size)
-    }
-}
-
-/// The columns a list sorts by, in order: the key, then `created_at`, then `id`.
-fn order_columns(key: SortKey) -> &'static [&'static str] {
-    match key {
-        SortKey::Name => &["name_key", "created_at", "id"],
-        SortKey::Status => &["status", "created_at", "id"],
-        SortKey::ContainerFormat => &["container_format_key", "created_at", "id"],
-        SortKey::DiskFormat => &["disk_format_key", "created_at", "id"],
-        SortKey::Size => &["size_key", "created_at", "id"],
-        SortKey::Id => &["id"],
-        SortKey::CreatedAt => &["created_at", "id"],
-        SortKey::UpdatedAt => &["updated_at", "created_at", "id"],
-    }
-}
-
-/// A statement being built: its text and its typed parameters.
-#[derive(Default)]
-struct Sql {
-    text: String,
-    params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
-}
-
-impl Sql {
-    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static, ty: Type) -> String {
-        self.params.push((Box::new(value), ty));
-        format!("${}", self.params.len())
-    }
-
-    fn bind_key_value(&mut self, column: &str, r: &ImageRecord) -> String {
-        match column {
-            "name_key" => self.bind(str_key(&r.name), Type::BYTEA),
-            "container_format_key" => self.bind(str_key(&r.container_format), Type::BYTEA),
-            "disk_format_key" => self.bind(str_key(&r.disk_format), Type::BYTEA),
-            "status" => self.bind(r.status.as_str().to_owned(), Type::TEXT),
-            "size_key" => self.bind(size_key(r.size), Type::INT8),
-            "created_at" => self.bind(r.created_at.micros(), Type::INT8),
-            "updated_at" => self.bind(r.updated_at.micros(), Type::INT8),
-            _ => self.bind(r.id.as_str().to_owned(), Type::TEXT),
-        }
-    }
-}
-
-/// The statement for one batch of a list page: rows after `after` (the marker, or the last
-/// row of the previous batch) in the page's order.
-fn page_query(req: &PageRequest, after: Option<&ImageRecord>, batch: u64) -> Sql {
-    let mut sql = Sql::default();
-    let f = &req.filters;
-    let mut conds: Vec<String> = vec![];
-    match f.changes_since {
-        Some(t) => {
-            let p = sql.bind(t.micros(), Type::INT8);
-            conds.push(format!("updated_at > {p}"));
-        }
-        None => conds.push("live".to_owned()),
-    }
-    match &req.audience {
-        Audience::Everything => {}
-        Audience::NonPublic => conds.push("NOT is_public".to_owned()),
-        Audience::Tenant(None) => conds.push("is_public".to_owned()),
-        Audience::Tenant(Some(o)) => {
-            let p = sql.bind(o.clone(), Type::TEXT);
-            conds.push(format!(
-                "(is_public OR owner = {p} OR EXISTS (SELECT 1 FROM members m \
-                 WHERE m.image_id = images.id AND m.member = {p}))"
-            ));
-        }
-    }
-    // Narrowing only: `matches` decides (a missing string and an empty one share a key).
-    for (column, value) in [
-        ("name_key", &f.name),
-        ("disk_format_key", &f.disk_format),
-        ("container_format_key", &f.container_format),
-    ] {
-        if let Some(v) = value {
-            let p = sql.bind(v.as_bytes().to_vec(), Type::BYTEA);
-            conds.push(format!("{column} = {p}"));
-        }
-    }
-    if let Some(s) = &f.status {
-        let p = sql.bind(s.clone(), Type::TEXT);
-        conds.push(format!("status = {p}"));
-    }
-    if let Some(n) = f.size_min {
-        let p = sql.bind(size_key(n), Type::INT8);
-        conds.push(format!("size_key >= {p}"));
-    }
-    if let Some(n) = f.size_max {
-        let p = sql.bind(size_key(n), Type::INT8);
-        conds.push(format!("size_key <= {p}"));
-    }
-    let columns = order_columns(req.sort_key);
-    let (cmp, dir) = match req.sort_dir {
-        SortDir::Asc => (">", "ASC"),
-        SortDir::Desc => ("<", "DESC"),
-    };
-    if let Some(m) = after {
-        let values: Vec<String> = columns.iter().map(|c| sql.bind_key_value(c, m)).collect();
-        conds.push(format!(
-            "({}) {cmp} ({})",
-            columns.join(", "),
-            values.join(", ")
-        ));
-    }
-    let order: Vec<String> = columns.iter().map(|c| format!("{c} {dir}")).collect();
-    let limit = sql.bind(batch as i64, Type::INT8);
-    sql.text = format!(
-        "SELECT doc::text FROM images WHERE {} ORDER BY {} LIMIT {limit}",
-        conds.join(" AND "),
-        order.join(", ")
-    );
-    sql
 }
 
 impl PostgresRegistry {
@@ -628,132 +482,6 @@ async fn migrate(
             call_timeout.as_secs()
         ))),
     }
-}
-
-/// Writes `after` (and, for an existing image, replaces `before`): the row, its members and
-/// every counter, inside the caller's transaction.
-async fn write(
-    tx: &deadpool_postgres::Transaction<'_>,
-    before: Option<&StoredImage>,
-    after: &StoredImage,
-    saving_replica: Option<&str>,
-    err: &(impl Fn(tokio_postgres::Error) -> RegistryError + Sync),
-) -> Result<(), RegistryError> {
-    let r = &after.record;
-    let doc = encode(after)?;
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &r.id.as_str(),
-        &doc,
-        &r.status.as_str(),
-        &is_live(r.status),
-        &r.is_public,
-        &r.owner,
-        &str_key(&r.name),
-        &str_key(&r.disk_format),
-        &str_key(&r.container_format),
-        &size_key(r.size),
-        &r.created_at.micros(),
-        &r.updated_at.micros(),
-        &saving_replica,
-    ];
-    if before.is_none() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO images (id, doc, status, live, is_public, owner, name_key, \
-                 disk_format_key, container_format_key, size_key, created_at, updated_at, \
-                 saving_replica) \
-                 VALUES ($1, $2::text::json, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .await
-            .map_err(err)?;
-        tx.execute(&stmt, &params).await.map_err(err)?;
-    } else {
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE images SET doc = $2::text::json, status = $3, live = $4, \
-                 is_public = $5, owner = $6, name_key = $7, disk_format_key = $8, \
-                 container_format_key = $9, size_key = $10, created_at = $11, \
-                 updated_at = $12, saving_replica = $13 WHERE id = $1",
-            )
-            .await
-            .map_err(err)?;
-        tx.execute(&stmt, &params).await.map_err(err)?;
-    }
-    // Members: the table follows the record's list.
-    let old: Vec<&str> = before
-        .map(|b| b.members.iter().map(|m| m.member.as_str()).collect())
-        .unwrap_or_default();
-    let new: Vec<&str> = after.members.iter().map(|m| m.member.as_str()).collect();
-    let gone: Vec<&str> = old.iter().filter(|m| !new.contains(m)).copied().collect();
-    let added: Vec<&str> = new.iter().filter(|m| !old.contains(m)).copied().collect();
-    if !gone.is_empty() {
-        tx.execute(
-            "DELETE FROM members WHERE image_id = $1 AND member = ANY($2)",
-            &[&r.id.as_str(), &gone],
-        )
-        .await
-        .map_err(err)?;
-    }
-    if !added.is_empty() {
-        tx.execute(
-            "INSERT INTO members (image_id, member) SELECT $1, unnest($2::text[]) \
-             ON CONFLICT DO NOTHING",
-            &[&r.id.as_str(), &added],
-        )
-        .await
-        .map_err(err)?;
-    }
-    // Counters, in a fixed lock order: status counts by name, then usage by owner.
-    let mut statuses: Vec<(&str, i64)> = vec![];
-    let status_before = before.map(|b| b.record.status);
-    if status_before != Some(r.status) {
-        if let Some(s) = status_before {
-            statuses.push((s.as_str(), -1));
-        }
-        statuses.push((r.status.as_str(), 1));
-    }
-    statuses.sort();
-    for (status, delta) in statuses {
-        let stmt = tx
-            .prepare_cached("UPDATE status_counts SET n = n + $2 WHERE status = $1")
-            .await
-            .map_err(err)?;
-        tx.execute(&stmt, &[&status, &delta]).await.map_err(err)?;
-    }
-    let mut usage: Vec<((bool, &str), i128)> = vec![];
-    fn key(o: &Option<String>) -> (bool, &str) {
-        (o.is_some(), o.as_deref().unwrap_or_default())
-    }
-    match before {
-        Some(b) if b.record.owner == r.owner => {
-            usage.push((key(&r.owner), usage_of(after) - usage_of(b)));
-        }
-        _ => {
-            if let Some(b) = before {
-                usage.push((key(&b.record.owner), -usage_of(b)));
-            }
-            usage.push((key(&r.owner), usage_of(after)));
-        }
-    }
-    usage.retain(|(_, d)| *d != 0);
-    usage.sort();
-    for ((has_owner, owner), delta) in usage {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO usage (has_owner, owner, bytes) VALUES ($1, $2, $3::text::numeric) \
-                 ON CONFLICT (has_owner, owner) DO UPDATE SET bytes = usage.bytes + EXCLUDED.bytes",
-            )
-            .await
-            .map_err(err)?;
-        tx.execute(&stmt, &[&has_owner, &owner, &delta.to_string()])
-            .await
-            .map_err(err)?;
-    }
-    Ok(())
-}
-
-fn decode_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<StoredImage>, RegistryError> {
-    rows.iter().map(|row| decode(row.get(0))).collect()
 }
 
 #[async_trait]
