@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The S3 bench (a script, not a timed test): images up and down through the gateway to a local
 # SeaweedFS, against the same file sent straight to the same server with aws-sdk-s3 multipart
-# (benches/s3_direct.rs: same part size, same parts in flight, same Content-MD5 per part) in the
-# same run. Prints medians, the gateway/direct time ratios (targets: up <= 1.10x, down <= 1.05x),
+# (benches/s3_direct.rs: same part size, same parts in flight, no hashing) in the same run. Prints medians, the gateway/direct time ratios (targets: up <= 1.10x, down <= 1.05x),
 # the MD5 throughput of the file (md5sum) and the gateway's peak RSS (VmHWM).
 #
 # usage: benches/s3.sh
 # knobs: BENCH_SIZES_GIB ("1 4"), BENCH_RUNS (3), BENCH_DIR (${TMPDIR:-/tmp}/gateway-bench),
-#        BENCH_PORT (19292), BENCH_PART_MIB (16), BENCH_IN_FLIGHT (4)
+#        BENCH_PORT (19292), BENCH_PART_MIB (16), BENCH_IN_FLIGHT (4),
+#        BENCH_PART_CHECKSUM (the store's part_checksum: auto), BENCH_HASHING (sha512)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,10 +26,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
 mbps() { awk -v bytes="$1" -v s="$2" 'BEGIN {printf "%.0f", bytes/1048576/s}'; }
 
 cd "$ROOT"
+PART_CHECKSUM=${BENCH_PART_CHECKSUM:-auto}
+HASHING=${BENCH_HASHING:-sha512}
 log "release build"
 cargo build --release --quiet --bin glance-gateway --example s3_direct
-BIN=$ROOT/target/release/glance-gateway
-DIRECT=$ROOT/target/release/examples/s3_direct
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release/glance-gateway
+DIRECT=$TARGET/release/examples/s3_direct
 
 mkdir -p "$DIR"
 started_backend=0
@@ -49,9 +52,13 @@ cleanup() {
 trap cleanup EXIT
 
 rm -rf "$DIR/data"
+# The admin listener on a free port: its default may be taken by another gateway.
+ADMIN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 cat > "$DIR/gateway.toml" <<TOML
 default_store = "s3"
+admin_bind = "127.0.0.1:$ADMIN_PORT"
 image_size_cap = 1099511627776
+hashing_algorithm = "$HASHING"
 
 [stores.s3]
 kind = "s3"
@@ -65,6 +72,7 @@ secret_access_key = "$GATEWAY_TEST_S3_SECRET_KEY"
 multipart_threshold = $((PART_MIB * 1048576))
 part_size = $((PART_MIB * 1048576))
 max_concurrent_parts = $IN_FLIGHT
+part_checksum = "$PART_CHECKSUM"
 TOML
 chmod 600 "$DIR/gateway.toml"
 RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --config "$DIR/gateway.toml" --data-dir "$DIR/data" \
@@ -130,6 +138,6 @@ done
 
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$gateway_pid/status")
 echo
-echo "S3 bench: $RUNS run(s) per size, medians; parts ${PART_MIB} MiB x $IN_FLIGHT in flight"
+echo "S3 bench: $RUNS run(s) per size, medians; parts ${PART_MIB} MiB x $IN_FLIGHT in flight; part_checksum $PART_CHECKSUM, hashing_algorithm $HASHING"
 for line in "${summary[@]}"; do echo "$line"; done
 echo "gateway peak RSS (VmHWM): $((hwm / 1024)) MiB (budget: 64 MiB + $PART_MIB MiB x ($IN_FLIGHT + 1) = $((64 + PART_MIB * (IN_FLIGHT + 1))) MiB)"

@@ -1,14 +1,17 @@
 //! The direct baseline for `benches/s3.sh`: the same S3 requests the gateway's S3 store makes,
 //! straight from a file to the bucket and back, with no gateway in between.
 //!
-//! usage: s3_direct put FILE KEY [PART_MIB] [PARTS_IN_FLIGHT]   multipart upload (16 MiB, 4)
+//! usage: s3_direct put FILE KEY [PART_MIB] [PARTS_IN_FLIGHT] [none|md5]
+//!                                               multipart upload (16 MiB, 4, none)
 //!        s3_direct get KEY                                     stream the object, discard it
 //!        s3_direct delete KEY
 //!
 //! The server and keys come from `GATEWAY_TEST_S3_{ENDPOINT,REGION,BUCKET,ACCESS_KEY,SECRET_KEY}`
 //! (`scripts/s3-backend.sh` prints them). Uploads mirror the store: parts read into memory,
-//! a bounded number in flight, each with its Content-MD5 and an unsigned payload, checksums only
-//! when required, completed with part number + ETag. Prints `seconds <s> bytes <n>` on stdout.
+//! a bounded number in flight, each with an unsigned payload, checksums only when required,
+//! completed with part number + ETag. Parts carry no checksum by default (the baseline that
+//! hashes nothing); `md5` adds a Content-MD5 to each, as the store's `part_checksum = "md5"`
+//! does. Prints `seconds <s> bytes <n>` on stdout.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,20 +59,24 @@ async fn upload_part(
     upload_id: Arc<str>,
     number: i32,
     data: bytes::Bytes,
+    md5: bool,
 ) -> Result<CompletedPart, Error> {
-    let hashed = data.clone();
-    let md5 = tokio::task::spawn_blocking(move || {
-        base64::engine::general_purpose::STANDARD.encode(Md5::digest(&hashed))
-    })
-    .await?;
-    let out = client
+    let mut request = client
         .upload_part()
         .bucket(&*bucket)
         .key(&*key)
         .upload_id(&*upload_id)
         .part_number(number)
-        .content_length(data.len() as i64)
-        .content_md5(md5)
+        .content_length(data.len() as i64);
+    if md5 {
+        let hashed = data.clone();
+        let md5 = tokio::task::spawn_blocking(move || {
+            base64::engine::general_purpose::STANDARD.encode(Md5::digest(&hashed))
+        })
+        .await?;
+        request = request.content_md5(md5);
+    }
+    let out = request
         .body(ByteStream::from(data))
         .customize()
         .disable_payload_signing()
@@ -81,7 +88,13 @@ async fn upload_part(
         .build())
 }
 
-async fn put(path: &str, key: &str, part_size: usize, in_flight: usize) -> Result<u64, Error> {
+async fn put(
+    path: &str,
+    key: &str,
+    part_size: usize,
+    in_flight: usize,
+    md5: bool,
+) -> Result<u64, Error> {
     let (client, bucket) = client()?;
     let mut file = tokio::fs::File::open(path).await?;
     let created = client
@@ -122,6 +135,7 @@ async fn put(path: &str, key: &str, part_size: usize, in_flight: usize) -> Resul
             Arc::clone(&upload_id),
             number,
             buf.freeze(),
+            md5,
         ));
         if filled < part_size {
             break;
@@ -182,13 +196,18 @@ async fn main() -> Result<(), Error> {
         (Some("put"), Some(path), Some(key)) => {
             let part_mib: usize = arg(3).unwrap_or("16").parse()?;
             let in_flight: usize = arg(4).unwrap_or("4").parse()?;
-            put(path, key, part_mib * 1024 * 1024, in_flight.max(1)).await?
+            let md5 = match arg(5).unwrap_or("none") {
+                "none" => false,
+                "md5" => true,
+                other => return Err(format!("unknown part checksum {other}").into()),
+            };
+            put(path, key, part_mib * 1024 * 1024, in_flight.max(1), md5).await?
         }
         (Some("get"), Some(key), None) => get(key).await?,
         (Some("delete"), Some(key), None) => delete(key).await?,
         _ => {
             eprintln!(
-                "usage: s3_direct put FILE KEY [PART_MIB] [PARTS_IN_FLIGHT] | get KEY | delete KEY"
+                "usage: s3_direct put FILE KEY [PART_MIB] [PARTS_IN_FLIGHT] [none|md5] | get KEY | delete KEY"
             );
             std::process::exit(2);
         }

@@ -42,7 +42,7 @@ trap finish EXIT
 
 log "release build"
 (cd "$ROOT" && cargo build --release --quiet --bin glance-gateway)
-BIN=$ROOT/target/release/glance-gateway
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/glance-gateway
 
 FILE=$WORK/image.bin
 BYTES=$((SIZE_MIB * 1024 * 1024))
@@ -65,8 +65,11 @@ DIRECT=bench-direct-$RUN_ID
 GW_CONTAINER=bench-gateway-$RUN_ID
 curl -sSf -o /dev/null -X PUT -H "X-Auth-Token: $TOKEN" "$STORAGE_URL/$DIRECT"
 
+# The admin listener on a free port: its default may be taken by another gateway.
+ADMIN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 cat > "$WORK/gateway.toml" <<EOF
 default_store = "swift"
+admin_bind = "127.0.0.1:$ADMIN_PORT"
 
 [stores.swift]
 kind = "swift"

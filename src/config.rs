@@ -424,6 +424,7 @@ impl Config {
                 StoreConfig::File(stores::file::FileStoreConfig {
                     root: data_dir.join("images"),
                     adopt: false,
+                    direct_io: false,
                 }),
             );
         }

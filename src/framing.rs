@@ -8,7 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -201,6 +201,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingCheck<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            // Body bytes need no examination beyond counting: while the caller's buffer cannot
+            // hold more than the rest of the body, they are read straight into it, without
+            // passing through (and being copied out of) this check's own buffers.
+            if this.ready.is_empty() {
+                if let Scan::Body(left) | Scan::ChunkData(left) = &mut this.scan {
+                    if *left > 0 && buf.remaining() as u64 <= *left {
+                        let before = buf.filled().len();
+                        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                        let n = (buf.filled().len() - before) as u64;
+                        *left -= n;
+                        if *left == 0 {
+                            this.scan = match this.scan {
+                                Scan::ChunkData(_) => Scan::ChunkEnd(2),
+                                _ => Scan::Head,
+                            };
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
@@ -222,8 +242,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingCheck<S> {
                         this.ready.extend_from_slice(&held);
                         continue;
                     }
-                    let data = this.read_buf[..filled].to_vec();
-                    this.feed(&data);
+                    // `feed` borrows `self`: the read buffer is taken out for the call.
+                    let data = std::mem::take(&mut this.read_buf);
+                    this.feed(&data[..filled]);
+                    this.read_buf = data;
                 }
             }
         }
@@ -300,6 +322,46 @@ mod tests {
             assert!(!text.contains("transfer-encoding: chunked"), "{text}");
             assert!(text.starts_with("PUT /b HTTP/1.1\r\nTransfer-Encoding: chunked"));
             assert!(matches!(check.scan, Scan::Off));
+        }
+    }
+
+    /// Reads `input` through the check with reads of at most `read_size` bytes.
+    async fn read_through(input: &[u8], read_size: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut check = FramingCheck::new(input);
+        let (mut out, mut buf) = (vec![], vec![0; read_size]);
+        loop {
+            let n = check.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_read_straight_through_keep_the_scan_in_step() {
+        // Large bodies take the direct path; the requests behind them must still be examined.
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stream =
+            format!("PUT /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        stream.extend_from_slice(&body);
+        stream.extend_from_slice(b"PUT /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        stream.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        stream.extend_from_slice(&body);
+        stream.extend_from_slice(b"\r\n0\r\n\r\n");
+        let plain = stream.clone();
+        stream.extend_from_slice(
+            b"POST /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for read_size in [1000, 64 * 1024, 1 << 20] {
+            let out = read_through(&stream, read_size).await;
+            assert_eq!(out[..plain.len()], plain[..], "read size {read_size}");
+            let rest = String::from_utf8(out[plain.len()..].to_vec()).unwrap();
+            assert!(
+                rest.contains("Transfer-Encoding: refused-with-content-length\r\n"),
+                "read size {read_size}: {rest}"
+            );
         }
     }
 

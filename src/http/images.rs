@@ -17,9 +17,6 @@ use crate::listing;
 use crate::model::ImageRecord;
 use std::borrow::Cow;
 
-/// Downloads are relayed in chunks of up to this size.
-const DOWNLOAD_CHUNK: usize = 256 * 1024;
-
 pub async fn list(ctx: &Ctx, detail: bool) -> ApiResult<Response> {
     let config = &ctx.state.config;
     let query = list_query::parse(
@@ -130,9 +127,11 @@ fn data_response(data: ImageData, ranged: bool, mut headers: HeaderMap) -> Respo
     response
 }
 
-/// Downloads are relayed in chunks of up to [`DOWNLOAD_CHUNK`].
+/// Downloads hand each chunk to hyper as the store yields it, never copied: the file store reads
+/// in large chunks, and a relayed backend's chunks are whatever its socket gave, which hyper
+/// writes out together (vectored) when several are waiting.
 fn download_body(body: stores::ByteStream) -> Body {
-    Body::from_stream(stores::chunker::coalesce(body, DOWNLOAD_CHUNK).map_err(axum::Error::new))
+    Body::from_stream(body.map_err(axum::Error::new))
 }
 
 /// Reads the parts of a POST or PUT that describe metadata and data.

@@ -2,12 +2,10 @@
 //! uploads and segments. One copy per byte, into a buffer of the part's size.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 
 use crate::ByteStream;
 
@@ -112,78 +110,6 @@ impl Chunker {
     }
 }
 
-/// Joins the small chunks a network body yields (a few KiB each) into chunks of up to `target`
-/// bytes, so a download relayed to the client costs fewer writes. It never waits to fill a chunk:
-/// whatever has arrived is passed on as soon as the inner stream has nothing ready.
-pub fn coalesce(inner: ByteStream, target: usize) -> ByteStream {
-    Box::pin(Coalesce {
-        inner,
-        buf: BytesMut::new(),
-        target,
-        error: None,
-        done: false,
-    })
-}
-
-struct Coalesce {
-    inner: ByteStream,
-    buf: BytesMut,
-    target: usize,
-    /// An error that arrived behind buffered data, reported after it.
-    error: Option<io::Error>,
-    done: bool,
-}
-
-impl Coalesce {
-    fn take(&mut self) -> Poll<Option<io::Result<Bytes>>> {
-        Poll::Ready(Some(Ok(self.buf.split().freeze())))
-    }
-}
-
-impl Stream for Coalesce {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if let Some(e) = this.error.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
-        loop {
-            if this.done {
-                return if this.buf.is_empty() {
-                    Poll::Ready(None)
-                } else {
-                    this.take()
-                };
-            }
-            if this.buf.len() >= this.target {
-                return this.take();
-            }
-            match this.inner.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    if this.buf.is_empty() && chunk.len() >= this.target {
-                        return Poll::Ready(Some(Ok(chunk)));
-                    }
-                    if this.buf.capacity() == 0 {
-                        this.buf.reserve(this.target);
-                    }
-                    this.buf.extend_from_slice(&chunk);
-                }
-                Poll::Ready(Some(Err(e))) if this.buf.is_empty() => {
-                    return Poll::Ready(Some(Err(e)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.error = Some(e);
-                    return this.take();
-                }
-                Poll::Ready(None) => this.done = true,
-                Poll::Pending if this.buf.is_empty() => return Poll::Pending,
-                Poll::Pending => return this.take(),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,30 +175,6 @@ mod tests {
         let other = shared.clone();
         pool.recycle(shared);
         assert_eq!(other.len(), 10);
-    }
-
-    #[tokio::test]
-    async fn coalescing_keeps_every_byte_in_order() {
-        let (body, data) = body_of(100_000, 1000);
-        let mut out = coalesce(body, 16 * 1024);
-        let mut joined = vec![];
-        let mut sizes = vec![];
-        while let Some(chunk) = out.next().await {
-            let chunk = chunk.unwrap();
-            sizes.push(chunk.len());
-            joined.extend_from_slice(&chunk);
-        }
-        assert_eq!(joined, data);
-        assert!(sizes.iter().all(|s| *s <= 16 * 1024 + 1000));
-        assert!(sizes.len() < 100 / 8, "chunks were not joined: {sizes:?}");
-        // An error behind buffered data comes after that data.
-        let body: ByteStream = Box::pin(futures::stream::iter(vec![
-            Ok(Bytes::from_static(b"abc")),
-            Err(io::Error::other("cut")),
-        ]));
-        let mut out = coalesce(body, 1024);
-        assert_eq!(out.next().await.unwrap().unwrap().as_ref(), b"abc");
-        assert!(out.next().await.unwrap().is_err());
     }
 
     #[tokio::test]

@@ -1,17 +1,25 @@
 //! The file store: one file per object directly under `root`, written to a temp file in
 //! `root/.tmp/` on the same filesystem, synced, then renamed into place. All filesystem work runs
 //! on blocking threads, never on the async runtime.
+//!
+//! With `direct_io`, object data is written with `O_DIRECT` where the filesystem allows it:
+//! through the page cache, a write costs a kernel copy plus page allocation, accounting and
+//! write-back, about as much CPU as hashing the same bytes (and the final fsync waits for all of
+//! it), while a direct write costs one copy into an aligned buffer and the device's DMA. On a
+//! 2-core machine that CPU is what the MD5 and multihash threads need. It is off by default: a
+//! just-uploaded image then stays in the page cache for its first downloads.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -32,6 +40,10 @@ const READ_CHUNK: usize = 256 * 1024;
 /// fsync flushes all of it while the client waits: upload time became receive time plus flush
 /// time.
 const FLUSH_STEP: u64 = 32 * 1024 * 1024;
+/// Alignment of `O_DIRECT` buffers, offsets and lengths (covers 512-byte and 4 KiB blocks).
+const DIRECT_ALIGN: usize = 4096;
+/// One direct write; two such buffers per upload, one filling while the other is written.
+const DIRECT_BUF: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,12 +53,18 @@ pub struct FileStoreConfig {
     /// Take the root over from the registry its ownership marker names (off: refuse to start).
     #[serde(default)]
     pub adopt: bool,
+    /// Write object data with `O_DIRECT` where the filesystem allows it (see the module notes):
+    /// far less CPU per uploaded byte, but the image is not left in the page cache. Off (the
+    /// default): through the page cache.
+    #[serde(default)]
+    pub direct_io: bool,
 }
 
 #[derive(Debug)]
 pub struct FileStore {
     name: StoreName,
     root: PathBuf,
+    direct_io: bool,
 }
 
 enum WriteMsg {
@@ -69,7 +87,11 @@ impl FileStore {
                 "file store {store}: cannot create its root directory: {e}"
             ))
         })?;
-        Ok(Self { name, root })
+        Ok(Self {
+            name,
+            root,
+            direct_io: config.direct_io,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -136,39 +158,180 @@ fn join_flusher(flusher: Flusher) -> io::Result<()> {
         .map_err(|_| io::Error::other("flush thread panicked"))?
 }
 
+/// A `DIRECT_BUF` window of a larger allocation, aligned to `DIRECT_ALIGN` (found by address,
+/// so no unsafe allocation is needed).
+struct AlignedBuf {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> Self {
+        let mem = vec![0; DIRECT_BUF + DIRECT_ALIGN];
+        let start = (DIRECT_ALIGN - mem.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        Self { mem, start, len: 0 }
+    }
+
+    /// Copies as much of `data` as fits; returns how much.
+    fn fill(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(DIRECT_BUF - self.len);
+        let at = self.start + self.len;
+        self.mem[at..at + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == DIRECT_BUF
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+}
+
+/// Writes what arrives on `rx` to `file` (just created at `tmp`) with `O_DIRECT`: whole aligned
+/// buffers go to a second descriptor opened with `O_DIRECT` on a thread of their own, the
+/// unaligned tail through `file`. `Ok(None)` when the filesystem refuses `O_DIRECT` (nothing
+/// was read from `rx` then); otherwise whether `Finish` came.
+fn write_direct(
+    rx: &mut mpsc::Receiver<WriteMsg>,
+    file: &fs::File,
+    tmp: &Path,
+) -> io::Result<Option<bool>> {
+    let direct = match fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(O_DIRECT)
+        .open(tmp)
+    {
+        Ok(direct) => direct,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (to_writer, full) = std_mpsc::sync_channel::<AlignedBuf>(1);
+    let (give_back, spare) = std_mpsc::channel::<AlignedBuf>();
+    let writer = std::thread::Builder::new()
+        .name("file-store-write".into())
+        .spawn(move || -> io::Result<()> {
+            let mut direct = direct;
+            while let Ok(buf) = full.recv() {
+                direct.write_all(buf.filled())?;
+                let mut buf = buf;
+                buf.len = 0;
+                let _ = give_back.send(buf);
+            }
+            Ok(())
+        })?;
+    let mut current = AlignedBuf::new();
+    let mut buffers = 1;
+    // Bytes handed to the writer thread, all in whole buffers.
+    let mut handed = 0u64;
+    let received = 'recv: loop {
+        match rx.blocking_recv() {
+            Some(WriteMsg::Data(mut chunk)) => {
+                while chunk.has_remaining() {
+                    let n = current.fill(&chunk);
+                    chunk.advance(n);
+                    if !current.is_full() {
+                        continue;
+                    }
+                    let next = match spare.try_recv() {
+                        Ok(buf) => buf,
+                        Err(_) if buffers < 2 => {
+                            buffers += 1;
+                            AlignedBuf::new()
+                        }
+                        Err(_) => match spare.recv() {
+                            Ok(buf) => buf,
+                            Err(_) => break 'recv false, // the writer failed
+                        },
+                    };
+                    if to_writer
+                        .send(std::mem::replace(&mut current, next))
+                        .is_err()
+                    {
+                        break 'recv false;
+                    }
+                    handed += DIRECT_BUF as u64;
+                }
+            }
+            Some(WriteMsg::Finish) => break true,
+            None => break false,
+        }
+    };
+    drop(to_writer);
+    let written = writer
+        .join()
+        .map_err(|_| io::Error::other("write thread panicked"))?;
+    written?;
+    if received {
+        file.write_all_at(current.filled(), handed)?;
+    }
+    Ok(Some(received))
+}
+
+/// `O_DIRECT` where the platform has it; elsewhere no flag, which leaves the descriptor buffered.
+#[cfg(target_os = "linux")]
+const O_DIRECT: i32 = libc::O_DIRECT;
+#[cfg(not(target_os = "linux"))]
+const O_DIRECT: i32 = 0;
+
+/// Writes what arrives on `rx` to `file` through the page cache, syncing as it goes (see
+/// `FLUSH_STEP`); whether `Finish` came.
+fn write_buffered(rx: &mut mpsc::Receiver<WriteMsg>, mut file: &fs::File) -> io::Result<bool> {
+    let (flush, flusher) = spawn_flusher(file)?;
+    let mut unflushed = 0u64;
+    let received = loop {
+        match rx.blocking_recv() {
+            Some(WriteMsg::Data(chunk)) => {
+                if let Err(e) = file.write_all(&chunk) {
+                    break Err(e);
+                }
+                unflushed += chunk.len() as u64;
+                if unflushed >= FLUSH_STEP {
+                    // Full means a sync is already queued, which covers this data too.
+                    let _ = flush.try_send(());
+                    unflushed = 0;
+                }
+            }
+            Some(WriteMsg::Finish) => break Ok(true),
+            None => break Ok(false),
+        }
+    };
+    drop(flush);
+    let flushed = join_flusher(flusher);
+    if !received? {
+        return Ok(false);
+    }
+    flushed?;
+    Ok(true)
+}
+
 /// Writes what arrives on `rx` to `tmp`; renames it to `dest` only after `Finish`. Any other end
 /// (error, sender dropped by a cancelled upload) removes the temp file.
-fn write_object(mut rx: mpsc::Receiver<WriteMsg>, tmp: PathBuf, dest: PathBuf) -> io::Result<bool> {
+fn write_object(
+    mut rx: mpsc::Receiver<WriteMsg>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    direct_io: bool,
+) -> io::Result<bool> {
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        let (flush, flusher) = spawn_flusher(&file)?;
-        let mut unflushed = 0u64;
-        let received = loop {
-            match rx.blocking_recv() {
-                Some(WriteMsg::Data(chunk)) => {
-                    if let Err(e) = file.write_all(&chunk) {
-                        break Err(e);
-                    }
-                    unflushed += chunk.len() as u64;
-                    if unflushed >= FLUSH_STEP {
-                        // Full means a sync is already queued, which covers this data too.
-                        let _ = flush.try_send(());
-                        unflushed = 0;
-                    }
-                }
-                Some(WriteMsg::Finish) => break Ok(true),
-                None => break Ok(false),
-            }
+        let direct = match direct_io {
+            true => write_direct(&mut rx, &file, &tmp)?,
+            false => None,
         };
-        drop(flush);
-        let flushed = join_flusher(flusher);
-        if !received? {
+        let received = match direct {
+            Some(received) => received,
+            None => write_buffered(&mut rx, &file)?,
+        };
+        if !received {
             return Ok(false);
         }
-        flushed?;
         file.sync_all()?;
         drop(file);
         fs::rename(&tmp, &dest)?;
@@ -212,7 +375,8 @@ impl Store for FileStore {
             uuid::Uuid::new_v4().simple()
         ));
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || write_object(rx, tmp, dest));
+        let direct_io = self.direct_io;
+        let writer = tokio::task::spawn_blocking(move || write_object(rx, tmp, dest, direct_io));
         // If this future is dropped, `tx` drops with it and the writer removes the temp file.
         let mut body_error = None;
         while let Some(chunk) = body.next().await {
@@ -433,6 +597,7 @@ mod tests {
         let config = FileStoreConfig {
             root: dir.join("images"),
             adopt: false,
+            direct_io: true,
         };
         Arc::new(
             FileStore::open(StoreName::parse("file").unwrap(), &config)
@@ -469,6 +634,60 @@ mod tests {
         }
         assert_eq!(fs::read_dir(store.root().join(TMP_DIR)).unwrap().count(), 0);
         assert!(store.get(&key, None).await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn sizes_around_direct_buffers_are_stored_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = store(dir.path()).await;
+        let config = FileStoreConfig {
+            root: dir.path().join("buffered"),
+            adopt: false,
+            direct_io: false,
+        };
+        let name = StoreName::parse("buffered").unwrap();
+        let buffered = FileStore::open(name, &config).await.unwrap();
+        for store in [&*direct, &buffered] {
+            sizes_are_stored_exactly(store).await;
+        }
+    }
+
+    async fn sizes_are_stored_exactly(store: &FileStore) {
+        let b = DIRECT_BUF;
+        for (i, len) in [
+            0,
+            1,
+            DIRECT_ALIGN - 1,
+            DIRECT_ALIGN,
+            b - 1,
+            b,
+            b + 1,
+            2 * b + 4097,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let data = testing::pattern(len, i as u64);
+            let key = ObjectKey::parse(&format!("sized-{i}")).unwrap();
+            // Odd chunk sizes, so chunks straddle the buffer boundaries.
+            let body = testing::body_from(data.clone(), 65_537);
+            store.put(&key, body, PutOptions::default()).await.unwrap();
+            let got = testing::read_all(store.get(&key, None).await.unwrap().body)
+                .await
+                .unwrap();
+            assert!(got == data, "length {len}: stored bytes differ");
+        }
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_fill_to_their_size() {
+        let mut buf = AlignedBuf::new();
+        assert_eq!(buf.filled().as_ptr() as usize % DIRECT_ALIGN, 0);
+        assert_eq!(buf.fill(&vec![1; DIRECT_BUF - 10]), DIRECT_BUF - 10);
+        assert!(!buf.is_full());
+        assert_eq!(buf.fill(&[2; 100]), 10);
+        assert!(buf.is_full());
+        assert_eq!(buf.filled().len(), DIRECT_BUF);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::Client;
-use stores::s3::{S3Store, S3StoreConfig};
+use stores::s3::{PartChecksum, S3Store, S3StoreConfig};
 use stores::testing::{self, body_from, failing_body, pattern, read_all};
 use stores::{ObjectKey, PutOptions, Store, StoreError, StoreName};
 
@@ -259,6 +259,33 @@ async fn odd_sizes_take_the_right_path() {
                 .await
                 .unwrap();
             assert!(back == data, "{len} bytes came back different");
+            store.delete(&key).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_part_checksum_stores_single_and_multipart_objects() {
+    let env = s3_env!();
+    for checksum in [PartChecksum::Crc32c, PartChecksum::Md5, PartChecksum::None] {
+        let prefix = unique_prefix("part-checksum");
+        let mut config = config(&env, &prefix);
+        config.part_checksum = checksum;
+        let store = open(&config).await;
+        for len in [1000, 2 * PART + 1] {
+            let key = key("sum");
+            let data = pattern(len, len as u64);
+            store
+                .put(&key, body_from(data.clone(), 65_537), PutOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("{checksum:?}, {len} bytes: {e}"));
+            let back = read_all(store.get(&key, None).await.unwrap().body)
+                .await
+                .unwrap();
+            assert!(
+                back == data,
+                "{checksum:?}, {len} bytes came back different"
+            );
             store.delete(&key).await.unwrap();
         }
     }

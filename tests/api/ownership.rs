@@ -95,6 +95,7 @@ fn file_store(root: &std::path::Path, adopt: bool) -> StoreConfig {
     StoreConfig::File(FileStoreConfig {
         root: root.to_owned(),
         adopt,
+        direct_io: true,
     })
 }
 

@@ -192,6 +192,7 @@ impl TestAppBuilder {
                 StoreConfig::File(FileStoreConfig {
                     root: data_dir.join("images"),
                     adopt: false,
+                    direct_io: true,
                 }),
             );
             for name in &self.extra_stores {
@@ -200,6 +201,7 @@ impl TestAppBuilder {
                     StoreConfig::File(FileStoreConfig {
                         root: data_dir.join(format!("store-{name}")),
                         adopt: false,
+                        direct_io: true,
                     }),
                 );
             }

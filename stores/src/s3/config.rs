@@ -43,11 +43,30 @@ fn default_read_timeout_secs() -> u64 {
 #[serde(rename_all = "snake_case")]
 pub enum RequestChecksum {
     /// Only for operations that require one. Several S3-compatible servers refuse the SDK's
-    /// default (aws-chunked bodies with CRC32 trailers); Content-MD5 still guards every upload.
+    /// default (aws-chunked bodies with CRC32 trailers); `part_checksum` still guards every upload.
     #[default]
     WhenRequired,
     /// The SDK's default: a CRC32 on every upload, and response checksums validated.
     WhenSupported,
+}
+
+/// What guards each part (and each single PutObject) on its way to the server. The image's own
+/// MD5 is computed above the store in every case; this only decides whether the server checks
+/// the bytes it received, and with which hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartChecksum {
+    /// `crc32c` if the server is found to verify it (one probe: a tiny PutObject carrying a
+    /// wrong `x-amz-checksum-crc32c`, which a verifying server refuses), else `md5`.
+    #[default]
+    Auto,
+    /// `x-amz-checksum-crc32c` (hardware-accelerated; far cheaper than a second MD5 pass).
+    /// Only for servers that verify it: one that ignores the header stores the part unchecked.
+    Crc32c,
+    /// `Content-MD5`, which every S3-compatible server verifies; costs a second hash per byte.
+    Md5,
+    /// No per-part check (TCP's and TLS's own checks remain).
+    None,
 }
 
 /// One `[stores.<name>]` table with `kind = "s3"`.
@@ -105,6 +124,8 @@ pub struct S3StoreConfig {
     pub operation_timeout_secs: Option<u64>,
     #[serde(default)]
     pub request_checksum: RequestChecksum,
+    #[serde(default)]
+    pub part_checksum: PartChecksum,
     /// Take the bucket + prefix over from the registry its ownership marker names (off: refuse
     /// to start).
     #[serde(default)]
@@ -133,6 +154,7 @@ impl S3StoreConfig {
             read_timeout_secs: default_read_timeout_secs(),
             operation_timeout_secs: None,
             request_checksum: RequestChecksum::default(),
+            part_checksum: PartChecksum::default(),
             adopt: false,
         }
     }

@@ -1,9 +1,12 @@
 //! The S3 store: objects in one bucket under an optional key prefix, written with one PutObject or
 //! a multipart upload with a bounded number of parts in flight, which is aborted on any failure,
 //! cancellation included. It uses only what strict S3-compatible servers accept: request
-//! checksums only when required (by default), Content-MD5 on every upload, and part number + ETag
-//! at Complete. It never hashes whole images; that happens above the stores.
+//! checksums only when required (by default), one checksum the server verifies on every upload
+//! (`part_checksum`: CRC32C where the server checks it, else Content-MD5), and part number + ETag
+//! (+ the part's CRC32C when the server recorded one) at Complete. It never hashes whole images;
+//! that happens above the stores.
 
+mod checksum;
 mod config;
 mod download;
 mod error;
@@ -22,12 +25,13 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-pub use config::{RequestChecksum, S3StoreConfig};
+pub use config::{PartChecksum, RequestChecksum, S3StoreConfig};
 
 use crate::{
     ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, PutOptions, Store,
     StoreError, StoreName, SweepReport,
 };
+use checksum::PartGuard;
 use config::Tuning;
 
 /// An image store in one S3 bucket. Cheap to share: state lives behind an `Arc`, which part
@@ -46,6 +50,9 @@ struct Inner {
     /// Every URL that reaches the bucket (see [`own_endpoints`]).
     endpoints: Vec<String>,
     tuning: Tuning,
+    part_checksum: PartChecksum,
+    /// What the probe found, for `part_checksum = "auto"`.
+    probed: tokio::sync::OnceCell<PartGuard>,
 }
 
 impl fmt::Debug for S3Store {
@@ -112,6 +119,8 @@ impl S3Store {
                     .unwrap_or_else(|| "AWS S3".to_owned()),
                 endpoints: own_endpoints(config),
                 tuning,
+                part_checksum: config.part_checksum,
+                probed: tokio::sync::OnceCell::new(),
             }),
         })
     }

@@ -5,20 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use base64::Engine as _;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
 use tokio::task::JoinSet;
 
+use super::checksum::{PartGuard, PartSum};
 use super::parts::{PartSizer, MAX_PARTS};
 use super::Inner;
 use crate::chunker::{BufferPool, Chunker};
 use crate::{ByteStream, ObjectKey, StoreError};
 
-/// Below this a part's Content-MD5 is computed in place; above, on a blocking thread, so a
-/// 16 MiB digest does not stall the runtime.
-const INLINE_MD5_LIMIT: usize = 256 * 1024;
 pub(super) const CONTENT_TYPE: &str = "application/octet-stream";
 /// How long a failed put waits for its abort before leaving the upload to the sweep.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +34,7 @@ impl Inner {
             return Err(self.storage_full());
         }
         let full = self.full_key(key);
+        let guard = self.part_guard().await;
         // Parts in flight, the one being read, and the one just handed over.
         let pool = BufferPool::new(tuning.max_in_flight + 2);
         let mut reader = PartReader {
@@ -54,9 +51,9 @@ impl Inner {
             }
         }
         if reader.sent < tuning.threshold {
-            return self.put_single(key, &full, concat(head)).await;
+            return self.put_single(key, &full, concat(head), guard).await;
         }
-        let mut upload = Multipart::create(self, key, full, pool).await?;
+        let mut upload = Multipart::create(self, key, full, pool, guard).await?;
         let result = upload.send_all(head, &mut reader).await;
         upload.finish(result).await
     }
@@ -67,19 +64,30 @@ impl Inner {
         }
     }
 
-    async fn put_single(&self, key: &ObjectKey, full: &str, data: Bytes) -> Result<(), StoreError> {
-        let md5 = content_md5(self.store(), &data).await?;
-        self.client
+    async fn put_single(
+        &self,
+        key: &ObjectKey,
+        full: &str,
+        data: Bytes,
+        guard: PartGuard,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(full)
             .content_type(CONTENT_TYPE)
-            .content_length(data.len() as i64)
-            .content_md5(md5)
+            .content_length(data.len() as i64);
+        let request = match guard.sum(self.store(), &data).await? {
+            PartSum::Crc32c(crc) => request.checksum_crc32_c(crc),
+            PartSum::Md5(md5) => request.content_md5(md5),
+            PartSum::None => request,
+        };
+        request
             .body(SdkByteStream::from(data))
             .customize()
-            // Content-MD5 is signed and checked by the server; hashing the payload a second
-            // time for the signature buys nothing.
+            // The part checksum is signed and checked by the server; hashing the payload a
+            // second time for the signature buys nothing.
             .disable_payload_signing()
             .send()
             .await
@@ -94,33 +102,39 @@ impl Inner {
         upload_id: Arc<str>,
         number: i32,
         data: Bytes,
-        pool: BufferPool,
+        guard: PartGuard,
     ) -> Result<CompletedPart, StoreError> {
-        let md5 = content_md5(self.store(), &data).await?;
-        let buffer = data.clone();
-        let out = self
+        let sum = guard.sum(self.store(), &data).await?;
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(&*full)
             .upload_id(&*upload_id)
             .part_number(number)
-            .content_length(data.len() as i64)
-            .content_md5(md5)
+            .content_length(data.len() as i64);
+        let request = match sum {
+            PartSum::Crc32c(crc) => request.checksum_crc32_c(crc),
+            PartSum::Md5(md5) => request.content_md5(md5),
+            PartSum::None => request,
+        };
+        let out = request
             .body(SdkByteStream::from(data))
             .customize()
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.map_err("UploadPart", Some(key.as_str()), e))?;
-        pool.recycle(buffer);
         let etag = out
             .e_tag()
             .ok_or_else(|| StoreError::other(self.store(), "UploadPart: no ETag in the answer"))?;
-        // Only number and ETag: servers that did not record part checksums refuse others.
+        // Number and ETag, and the part's CRC32C only when the server answered with one: an
+        // upload created with a checksum algorithm needs it (AWS), while servers that did not
+        // record part checksums refuse it.
         Ok(CompletedPart::builder()
             .part_number(number)
             .e_tag(etag)
+            .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_owned))
             .build())
     }
 
@@ -131,17 +145,6 @@ impl Inner {
             "aborting a multipart upload failed; the incomplete-upload sweep will remove it"
         );
     }
-}
-
-pub(super) async fn content_md5(store: &str, data: &Bytes) -> Result<String, StoreError> {
-    let encode = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(Md5::digest(d));
-    if data.len() <= INLINE_MD5_LIMIT {
-        return Ok(encode(data));
-    }
-    let data = data.clone();
-    tokio::task::spawn_blocking(move || encode(&data))
-        .await
-        .map_err(|e| StoreError::other(store, format!("hashing a part failed: {e}")))
 }
 
 fn concat(parts: Vec<Bytes>) -> Bytes {
@@ -198,6 +201,7 @@ struct Multipart {
     in_flight: JoinSet<Result<CompletedPart, StoreError>>,
     /// Where uploaded parts' buffers go back for the chunker to reuse.
     pool: BufferPool,
+    guard: PartGuard,
     done: Vec<CompletedPart>,
     /// CompleteMultipartUpload was sent, so the object may exist.
     completing: bool,
@@ -211,13 +215,17 @@ impl Multipart {
         key: &ObjectKey,
         full: String,
         pool: BufferPool,
+        guard: PartGuard,
     ) -> Result<Self, StoreError> {
+        // AWS refuses parts with a checksum the upload was not created for.
+        let algorithm = (guard == PartGuard::Crc32c).then_some(ChecksumAlgorithm::Crc32C);
         let created = inner
             .client
             .create_multipart_upload()
             .bucket(&inner.bucket)
             .key(&full)
             .content_type(CONTENT_TYPE)
+            .set_checksum_algorithm(algorithm)
             .send()
             .await
             .map_err(|e| inner.map_err("CreateMultipartUpload", Some(key.as_str()), e))?;
@@ -231,6 +239,7 @@ impl Multipart {
             upload_id: upload_id.into(),
             in_flight: JoinSet::new(),
             pool,
+            guard,
             done: vec![],
             completing: false,
             armed: true,
@@ -308,15 +317,21 @@ impl Multipart {
     }
 
     fn spawn_part(&mut self, number: i32, data: Bytes) {
-        let task = Arc::clone(&self.inner).upload_part(
+        let (pool, buffer) = (self.pool.clone(), data.clone());
+        let upload = Arc::clone(&self.inner).upload_part(
             self.key.clone(),
             Arc::clone(&self.full),
             Arc::clone(&self.upload_id),
             number,
             data,
-            self.pool.clone(),
+            self.guard,
         );
-        self.in_flight.spawn(task);
+        self.in_flight.spawn(async move {
+            let part = upload.await?;
+            // The request has let go of the part: its buffer goes back for the next one.
+            pool.recycle(buffer);
+            Ok(part)
+        });
     }
 
     fn joined(

@@ -3,7 +3,7 @@
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use bytes::Bytes;
 
-use super::multipart::content_md5;
+use super::checksum::{PartGuard, PartSum};
 use super::Inner;
 use crate::ownership::MARKER;
 use crate::{Namespace, StoreError};
@@ -40,7 +40,11 @@ impl Inner {
     }
 
     pub async fn write_marker(&self, content: Bytes) -> Result<(), StoreError> {
-        let md5 = content_md5(self.store(), &content).await?;
+        // Content-MD5, which every server verifies, whatever `part_checksum` says: the marker
+        // is tiny.
+        let PartSum::Md5(md5) = PartGuard::Md5.sum(self.store(), &content).await? else {
+            unreachable!("an MD5 guard gives an MD5");
+        };
         self.client
             .put_object()
             .bucket(&self.bucket)
