@@ -57,6 +57,23 @@ impl StoredImage {
     pub fn membership(&self, member: &str) -> Option<&Membership> {
         self.members.iter().find(|m| m.member == member)
     }
+
+    /// Bytes the image counts against its owner's quota in every engine's usage counter: its
+    /// size once its data is in (uploads in flight are counted by the gateway).
+    pub fn quota_bytes(&self) -> u64 {
+        let counted = !matches!(
+            self.record.status,
+            ImageStatus::Killed
+                | ImageStatus::Deleted
+                | ImageStatus::PendingDelete
+                | ImageStatus::Saving
+        );
+        if counted {
+            self.record.size
+        } else {
+            0
+        }
+    }
 }
 
 /// Which images a list page is drawn from (visibility, decided by `access` and `listing`).

@@ -27,20 +27,8 @@ pub(super) fn str_key(v: &Option<String>) -> Vec<u8> {
     v.as_deref().unwrap_or_default().as_bytes().to_vec()
 }
 
-/// Bytes an image counts against its owner's quota (as the sled engine counts them).
-pub(super) fn usage_of(s: &StoredImage) -> i128 {
-    let r = &s.record;
-    if matches!(
-        r.status,
-        ImageStatus::Killed
-            | ImageStatus::Deleted
-            | ImageStatus::PendingDelete
-            | ImageStatus::Saving
-    ) {
-        0
-    } else {
-        i128::from(r.size)
-    }
+fn usage_of(s: &StoredImage) -> i128 {
+    i128::from(s.quota_bytes())
 }
 
 /// Writes `after` (and, for an existing image, replaces `before`): the row, its members and

@@ -234,22 +234,6 @@ impl SledRegistry {
     }
 }
 
-/// Bytes an image counts against its owner's quota.
-fn usage_of(s: &StoredImage) -> u64 {
-    let r = &s.record;
-    if matches!(
-        r.status,
-        ImageStatus::Killed
-            | ImageStatus::Deleted
-            | ImageStatus::PendingDelete
-            | ImageStatus::Saving
-    ) {
-        0
-    } else {
-        r.size
-    }
-}
-
 type TxResult<T> = Result<T, UnabortableTransactionError>;
 
 fn add_counter(tree: &TransactionalTree, key: &[u8], delta: i128) -> TxResult<()> {
@@ -327,7 +311,7 @@ fn reindex(
     let owner_after = after.record.owner.as_deref();
     match before {
         Some(b) if b.record.owner.as_deref() == owner_after => {
-            let delta = usage_of(after) as i128 - usage_of(b) as i128;
+            let delta = after.quota_bytes() as i128 - b.quota_bytes() as i128;
             add_counter(counters, &keys::usage(owner_after), delta)?;
         }
         _ => {
@@ -335,10 +319,14 @@ fn reindex(
                 add_counter(
                     counters,
                     &keys::usage(b.record.owner.as_deref()),
-                    -(usage_of(b) as i128),
+                    -(b.quota_bytes() as i128),
                 )?;
             }
-            add_counter(counters, &keys::usage(owner_after), usage_of(after) as i128)?;
+            add_counter(
+                counters,
+                &keys::usage(owner_after),
+                after.quota_bytes() as i128,
+            )?;
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use sled::Batch;
 
-use super::{decode, keys, usage_of, RegistryError, Trees};
+use super::{decode, keys, RegistryError, Trees};
 use crate::registry::WALKED_STATES;
 
 /// Records indexed per batch (bounds the upgrade's memory).
@@ -47,7 +47,7 @@ pub(super) fn from_v1(t: &Trees) -> Result<(), RegistryError> {
             .or_default() += 1;
         *counters
             .entry(keys::usage(stored.record.owner.as_deref()))
-            .or_default() += usage_of(&stored);
+            .or_default() += stored.quota_bytes();
         pending += 1;
         done += 1;
         if pending == BATCH {
