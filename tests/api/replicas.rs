@@ -39,6 +39,11 @@ async fn pair(label: &str) -> Option<(TestApp, TestApp, Bucket)> {
     Some((a, b, bucket))
 }
 
+/// GET `path` from `app` as `who`, read as JSON.
+async fn get_json(app: &TestApp, path: &str, who: &Who) -> Value {
+    json(app.get(path).headers(who.headers()).send().await.unwrap()).await
+}
+
 fn admin() -> Who {
     Who::admin("admin-tenant")
 }
@@ -74,15 +79,7 @@ async fn what_one_replica_writes_the_other_serves_at_once() {
         header(&head, "x-image-meta-checksum").as_deref(),
         Some(md5_hex(&data).as_str())
     );
-    let listed: Value = b
-        .get("/v1/images/detail?property-os=linux")
-        .headers(owner.headers())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&b, "/v1/images/detail?property-os=linux", &owner).await;
     let ids: Vec<&str> = listed["images"]
         .as_array()
         .unwrap()
@@ -150,26 +147,10 @@ async fn member_changes_through_one_replica_are_seen_by_the_other() {
         .await
         .unwrap();
     assert_eq!(put.status(), 204);
-    let members: Value = a
-        .get(&format!("/v1/images/{id}/members"))
-        .headers(owner.headers())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members: Value = get_json(&a, &format!("/v1/images/{id}/members"), &owner).await;
     assert_eq!(members["members"][0]["member_id"], "t2");
     assert!(seen_by_t2(&a).await, "A does not list the image B shared");
-    let shared: Value = a
-        .get("/v1/shared-images/t2")
-        .headers(member.headers())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shared: Value = get_json(&a, "/v1/shared-images/t2", &member).await;
     assert_eq!(shared["shared_images"][0]["image_id"], id);
     let gone = a
         .delete(&format!("/v1/images/{id}/members/t2"))
