@@ -121,9 +121,7 @@ fn histogram(scrape: &Scrape, name: &str, value_type: ValueType, labels: &[(&str
 
 /// An S3 store whose endpoint refuses connections.
 fn unreachable_s3() -> StoreConfig {
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
-    drop(unused);
+    let port = REFUSED_PORT;
     let mut c = S3StoreConfig::new("nowhere".to_owned());
     c.endpoint = Some(format!("http://127.0.0.1:{port}"));
     c.region = Some("us-east-1".to_owned());
@@ -799,9 +797,7 @@ async fn healthcheck_subcommand_exits_zero_only_on_200() {
     assert_eq!(code, 1);
     assert!(text.contains("503"), "{text}");
     // Nothing listening.
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
-    drop(unused);
+    let port = REFUSED_PORT;
     let (code, _) = check(format!("http://127.0.0.1:{port}/healthcheck"))
         .await
         .unwrap();

@@ -305,10 +305,7 @@ async fn proxy_variables_of_the_environment_are_ignored() {
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     // A source that cannot be reached is logged by host, never with its URL's path or query.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = REFUSED_PORT;
     let (code, _) = send(
         client
             .post(format!("{base}/v1/images"))

@@ -575,9 +575,7 @@ async fn s3_wrong_credentials_answer_503_and_other_stores_keep_serving() {
 async fn s3_unreachable_endpoint_answers_503_fast() {
     let env = s3_env!();
     let bucket = Bucket::new(&env, "unreachable");
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
-    drop(unused);
+    let port = REFUSED_PORT;
     let mut down = bucket.config();
     down.endpoint = Some(format!("http://127.0.0.1:{port}"));
     let app = TestApp::builder()

@@ -820,6 +820,11 @@ pub async fn json(resp: Response) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"))
 }
 
+/// A loopback port that refuses connections. A port taken from a dropped listener could be
+/// handed to another test's gateway in the meantime; port 1 is below the range the system picks
+/// free ports from, and nothing here listens on it.
+pub const REFUSED_PORT: u16 = 1;
+
 pub fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
