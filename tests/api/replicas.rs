@@ -300,18 +300,7 @@ async fn a_replica_killed_mid_upload_is_cleaned_up_by_the_other_after_its_lease(
     let pg = PostgresSettings { lease, ..pg };
     let bucket = Bucket::new(&env, "replica-kill9");
     const PART: usize = 5 * MIB;
-    let store = serde_json::json!({
-        "kind": "s3",
-        "bucket": env.bucket,
-        "endpoint": env.endpoint,
-        "region": env.region,
-        "force_path_style": true,
-        "prefix": bucket.prefix,
-        "access_key_id": env.access_key,
-        "secret_access_key": env.secret_key,
-        "part_size": PART,
-        "multipart_threshold": PART,
-    });
+    let store = bucket.store_table();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Gateway::start(&replica_config(dir_a.path(), &pg, &store)).await;
     let b = Gateway::start(&replica_config(dir_b.path(), &pg, &store)).await;

@@ -101,6 +101,22 @@ impl Bucket {
         StoreConfig::S3(self.config())
     }
 
+    /// [`config`](Self::config) as a config-file store table, for tests that run the binary.
+    pub(crate) fn store_table(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "s3",
+            "bucket": self.env.bucket,
+            "endpoint": self.env.endpoint,
+            "region": self.env.region,
+            "force_path_style": true,
+            "prefix": self.prefix,
+            "access_key_id": self.env.access_key,
+            "secret_access_key": self.env.secret_key,
+            "part_size": PART,
+            "multipart_threshold": PART,
+        })
+    }
+
     pub(crate) fn key(&self, id: &str) -> String {
         format!("{}{id}", self.prefix)
     }
@@ -893,18 +909,7 @@ async fn s3_admins_register_objects_outside_the_prefix() {
 async fn s3_kill_9_mid_upload_loses_nothing_and_leaves_nothing() {
     let env = s3_env!();
     let bucket = Bucket::new(&env, "kill9");
-    let store = serde_json::json!({
-        "kind": "s3",
-        "bucket": env.bucket,
-        "endpoint": env.endpoint,
-        "region": env.region,
-        "force_path_style": true,
-        "prefix": bucket.prefix,
-        "access_key_id": env.access_key,
-        "secret_access_key": env.secret_key,
-        "part_size": PART,
-        "multipart_threshold": PART,
-    });
+    let store = bucket.store_table();
     let bucket = &bucket;
     let run = crate::crash::kill_mid_upload(store, PART + 1000, |id| async move {
         bucket.uploads().await.contains(&bucket.key(&id))
