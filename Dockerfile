@@ -9,6 +9,10 @@ FROM rust:1.95-slim-bookworm AS build
 # The build context has no .git: the commit for `--version` comes in as a build argument.
 ARG GLANCE_GATEWAY_COMMIT=unknown
 WORKDIR /src
+# OpenSSL (the multihash) is built from source: its build wants make and perl.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make perl \
+    && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
 COPY stores stores

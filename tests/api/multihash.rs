@@ -1,5 +1,5 @@
 //! Multihash (`hashing_algorithm`): the `os_hash_algo` / `os_hash_value` an upload records equal
-//! what `sha512sum` / `sha256sum` say of the same bytes, in headers and JSON; images without one
+//! what `sha512sum` / `sha384sum` / `sha256sum` say of the same bytes, in headers and JSON; images without one
 //! (stored before, or `none`) show null.
 
 use std::process::Command;
@@ -84,6 +84,15 @@ async fn sha256_when_configured_equals_sha256sum() {
         .spawn()
         .await;
     assert_multihash(&app, "sha256", "sha256sum", &pattern(1024 * 1024 + 5)).await;
+}
+
+#[tokio::test]
+async fn sha384_when_configured_equals_sha384sum() {
+    let app = TestApp::builder()
+        .hashing_algorithm(HashingAlgorithm::Sha384)
+        .spawn()
+        .await;
+    assert_multihash(&app, "sha384", "sha384sum", &pattern(2 * 1024 * 1024 + 3)).await;
 }
 
 #[tokio::test]
