@@ -211,10 +211,10 @@ if [ "$PARALLEL" -gt 0 ]; then
   rm -f "$par_file" "$DIR"/par-*.json
   par_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$gateway_pid/status")
   ud=$(median "${pud[@]}"); ug=$(median "${pug[@]}"); dd=$(median "${pdd[@]}"); dg=$(median "${pdg[@]}")
-  par_summary=$(printf '%s x %s MiB at once | up: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s | down: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s\ngateway peak RSS over the concurrent phase: %s MiB (part buffers: %s uploads x %s MiB x (%s + 2) = %s MiB)' \
+  par_summary=$(printf '%s x %s MiB at once | up: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s | down: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s\ngateway peak RSS over the concurrent phase: %s MiB (part buffers: %s uploads x %s MiB x (%s + 1) = %s MiB)' \
     "$PARALLEL" "$PARALLEL_MIB" "$ud" "$(mbps "$par_bytes" "$ud")" "$ug" "$(mbps "$par_bytes" "$ug")" "$(ratio "$ug" "$ud")" \
     "$dd" "$(mbps "$par_bytes" "$dd")" "$dg" "$(mbps "$par_bytes" "$dg")" "$(ratio "$dg" "$dd")" \
-    "$((par_hwm / 1024))" "$PARALLEL" "$PART_MIB" "$IN_FLIGHT" "$((PARALLEL * PART_MIB * (IN_FLIGHT + 2)))")
+    "$((par_hwm / 1024))" "$PARALLEL" "$PART_MIB" "$IN_FLIGHT" "$((PARALLEL * PART_MIB * (IN_FLIGHT + 1)))")
 fi
 
 echo
