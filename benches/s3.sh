@@ -9,7 +9,8 @@
 #        BENCH_PORT (19292), BENCH_PART_MIB (16), BENCH_IN_FLIGHT (4),
 #        BENCH_PART_CHECKSUM (the store's part_checksum: auto), BENCH_HASHING (sha512),
 #        BENCH_PARALLEL (8: transfers at once in the concurrent phase, 0 skips it),
-#        BENCH_PARALLEL_MIB (256: the size of each)
+#        BENCH_PARALLEL_MIB (256: the size of each),
+#        BENCH_PART_MEMORY_MIB (1024: the store's max_part_memory, all uploads' part buffers)
 # The concurrent phase sends BENCH_PARALLEL images at once through the gateway and as many
 # objects at once directly, then reads them back the same way: aggregate MiB/s, ratios, and
 # the gateway's peak RSS over the phase (reset with clear_refs before it).
@@ -24,6 +25,7 @@ PART_MIB=${BENCH_PART_MIB:-16}
 IN_FLIGHT=${BENCH_IN_FLIGHT:-4}
 PARALLEL=${BENCH_PARALLEL:-8}
 PARALLEL_MIB=${BENCH_PARALLEL_MIB:-256}
+PART_MEMORY_MIB=${BENCH_PART_MEMORY_MIB:-1024}
 GATEWAY="http://127.0.0.1:$PORT"
 
 log() { echo "bench: $*" >&2; }
@@ -83,6 +85,7 @@ secret_access_key = "$GATEWAY_TEST_S3_SECRET_KEY"
 multipart_threshold = $((PART_MIB * 1048576))
 part_size = $((PART_MIB * 1048576))
 max_concurrent_parts = $IN_FLIGHT
+max_part_memory = $((PART_MEMORY_MIB * 1048576))
 part_checksum = "$PART_CHECKSUM"
 TOML
 chmod 600 "$DIR/gateway.toml"
@@ -211,10 +214,10 @@ if [ "$PARALLEL" -gt 0 ]; then
   rm -f "$par_file" "$DIR"/par-*.json
   par_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$gateway_pid/status")
   ud=$(median "${pud[@]}"); ug=$(median "${pug[@]}"); dd=$(median "${pdd[@]}"); dg=$(median "${pdg[@]}")
-  par_summary=$(printf '%s x %s MiB at once | up: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s | down: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s\ngateway peak RSS over the concurrent phase: %s MiB (part buffers: %s uploads x %s MiB x (%s + 1) = %s MiB)' \
+  par_summary=$(printf '%s x %s MiB at once | up: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s | down: direct %6.2f s (%4s MiB/s)  gateway %6.2f s (%4s MiB/s)  ratio %s\ngateway peak RSS over the concurrent phase: %s MiB (part buffers: %s uploads x %s MiB x (%s + 1) = %s MiB, capped by max_part_memory %s MiB)' \
     "$PARALLEL" "$PARALLEL_MIB" "$ud" "$(mbps "$par_bytes" "$ud")" "$ug" "$(mbps "$par_bytes" "$ug")" "$(ratio "$ug" "$ud")" \
     "$dd" "$(mbps "$par_bytes" "$dd")" "$dg" "$(mbps "$par_bytes" "$dg")" "$(ratio "$dg" "$dd")" \
-    "$((par_hwm / 1024))" "$PARALLEL" "$PART_MIB" "$IN_FLIGHT" "$((PARALLEL * PART_MIB * (IN_FLIGHT + 1)))")
+    "$((par_hwm / 1024))" "$PARALLEL" "$PART_MIB" "$IN_FLIGHT" "$((PARALLEL * PART_MIB * (IN_FLIGHT + 1)))" "$PART_MEMORY_MIB")
 fi
 
 echo

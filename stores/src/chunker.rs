@@ -36,6 +36,11 @@ impl BufferPool {
         reused.unwrap_or_else(|| BytesMut::with_capacity(size))
     }
 
+    /// Drops idle buffers beyond `n`, when the memory they hold is no longer reserved.
+    pub fn keep_at_most(&self, n: usize) {
+        self.free.lock().expect("buffer pool poisoned").truncate(n);
+    }
+
     /// Takes a part back once nothing else holds it (otherwise it is simply dropped).
     pub fn recycle(&self, part: Bytes) {
         if let Ok(mut buf) = part.try_into_mut() {

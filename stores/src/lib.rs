@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub mod budget;
 pub mod chunker;
 pub mod config;
 pub mod digest;

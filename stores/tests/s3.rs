@@ -576,3 +576,48 @@ async fn no_credentials_at_all_is_forbidden() {
     eprintln!("health check without credentials: {err}");
     assert!(matches!(err, StoreError::Forbidden { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn uploads_share_the_part_memory_budget_without_deadlock() {
+    let env = s3_env!();
+    let prefix = unique_prefix("budget");
+    let mut c = config(&env, &prefix);
+    // Room for three parts in all, while each upload would like five (4 in flight + 1 read),
+    // and the threshold makes each read three parts before choosing multipart: uploads that
+    // waited for memory while holding some would wait for each other forever.
+    c.max_concurrent_parts = 4;
+    c.multipart_threshold = 3 * PART as u64;
+    c.max_part_memory = 3 * PART as u64;
+    let store = open(&c).await;
+    let budget = store.part_memory().clone();
+    let uploads = (0..6).map(|i| {
+        let store = Arc::clone(&store);
+        async move {
+            let len = 4 * PART + 1000 * i + 1;
+            let data = pattern(len, i as u64);
+            let key = key("budget");
+            store
+                .put(&key, body_from(data.clone(), 65_536), PutOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("upload {i}: {e}"));
+            (key, data)
+        }
+    });
+    let stored = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(uploads))
+        .await
+        .expect("six uploads sharing three parts of memory all finish");
+    // Six uploads wanting three parts each did fill the budget, and never went past it.
+    assert_eq!(budget.peak_bytes(), budget.limit_bytes());
+    assert_eq!(
+        budget.held_bytes(),
+        0,
+        "finished uploads give their share back"
+    );
+    for (key, data) in stored {
+        let back = read_all(store.get(&key, None).await.unwrap().body)
+            .await
+            .unwrap();
+        assert!(back == data, "an upload came back different");
+        store.delete(&key).await.unwrap();
+    }
+}

@@ -25,6 +25,9 @@ fn default_max_part_size() -> u64 {
 fn default_max_concurrent_parts() -> usize {
     4
 }
+fn default_max_part_memory() -> u64 {
+    1024 * MIB
+}
 fn default_max_object_size() -> u64 {
     1024 * 1024 * MIB
 }
@@ -107,6 +110,10 @@ pub struct S3StoreConfig {
     /// Parts uploading at once; memory is about `part_size × (max_concurrent_parts + 1)`.
     #[serde(default = "default_max_concurrent_parts")]
     pub max_concurrent_parts: usize,
+    /// The most bytes all uploads to this store hold in part buffers at once (default 1 GiB).
+    /// Past it, uploads send fewer parts at once, and a new one waits for a part to finish.
+    #[serde(default = "default_max_part_memory")]
+    pub max_part_memory: u64,
     /// The largest object accepted (at most S3's 5 TiB). Bodies of unknown length get parts
     /// that grow with the bytes sent so far so that this size still fits in 10,000 parts.
     #[serde(default = "default_max_object_size")]
@@ -148,6 +155,7 @@ impl S3StoreConfig {
             part_size: default_part_size(),
             max_part_size: default_max_part_size(),
             max_concurrent_parts: default_max_concurrent_parts(),
+            max_part_memory: default_max_part_memory(),
             max_object_size: default_max_object_size(),
             max_attempts: default_max_attempts(),
             connect_timeout_secs: default_connect_timeout_secs(),
@@ -215,6 +223,12 @@ impl S3StoreConfig {
         if !(1..=64).contains(&self.max_concurrent_parts) {
             return bad("max_concurrent_parts must be between 1 and 64".into());
         }
+        if self.max_part_memory < self.part_size {
+            return bad(format!(
+                "max_part_memory ({}) must hold at least one part of part_size ({})",
+                self.max_part_memory, self.part_size
+            ));
+        }
         if !(1..=MAX_OBJECT_SIZE).contains(&self.max_object_size) {
             return bad(format!(
                 "max_object_size must be between 1 and {MAX_OBJECT_SIZE} bytes"
@@ -232,6 +246,7 @@ impl S3StoreConfig {
             // A larger floor wins: `part_size` alone keeps configuring the usual part.
             max_part_size: self.max_part_size.max(self.part_size),
             max_in_flight: self.max_concurrent_parts,
+            max_part_memory: self.max_part_memory,
             max_object_size: self.max_object_size,
             growth_divisor,
         })
@@ -308,6 +323,7 @@ pub(super) struct Tuning {
     pub part_size: u64,
     pub max_part_size: u64,
     pub max_in_flight: usize,
+    pub max_part_memory: u64,
     pub max_object_size: u64,
     /// Unknown-length bodies get parts of `max(part_size, sent / growth_divisor)`.
     pub growth_divisor: u64,
@@ -350,6 +366,9 @@ mod tests {
         let mut c = config();
         c.max_concurrent_parts = 0;
         cases.push((c, "max_concurrent_parts"));
+        let mut c = config();
+        c.max_part_memory = c.part_size - 1;
+        cases.push((c, "max_part_memory"));
         let mut c = config();
         c.max_object_size = MAX_OBJECT_SIZE + 1;
         cases.push((c, "max_object_size"));

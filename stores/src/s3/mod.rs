@@ -27,6 +27,7 @@ use bytes::Bytes;
 
 pub use config::{PartChecksum, RequestChecksum, S3StoreConfig};
 
+use crate::budget::PartBudget;
 use crate::{
     ByteStream, ForeignObject, GetObject, Namespace, ObjectInfo, ObjectKey, PutOptions, Store,
     StoreError, StoreName, SweepReport,
@@ -50,6 +51,8 @@ struct Inner {
     /// Every URL that reaches the bucket (see [`own_endpoints`]).
     endpoints: Vec<String>,
     tuning: Tuning,
+    /// Shared by every upload to this store: `max_part_memory`.
+    part_memory: PartBudget,
     part_checksum: PartChecksum,
     /// What the probe found, for `part_checksum = "auto"`.
     probed: tokio::sync::OnceCell<PartGuard>,
@@ -118,6 +121,7 @@ impl S3Store {
                     .clone()
                     .unwrap_or_else(|| "AWS S3".to_owned()),
                 endpoints: own_endpoints(config),
+                part_memory: PartBudget::new(tuning.max_part_memory),
                 tuning,
                 part_checksum: config.part_checksum,
                 probed: tokio::sync::OnceCell::new(),
@@ -128,6 +132,11 @@ impl S3Store {
     /// The key in the bucket for an object key.
     pub fn bucket_key(&self, key: &ObjectKey) -> String {
         self.inner.full_key(key)
+    }
+
+    /// The store's `max_part_memory` budget, shared by its uploads.
+    pub fn part_memory(&self) -> &PartBudget {
+        &self.inner.part_memory
     }
 
     pub fn bucket(&self) -> &str {

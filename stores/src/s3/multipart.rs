@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use super::checksum::{PartGuard, PartSum};
 use super::parts::{PartSizer, MAX_PARTS};
 use super::Inner;
+use crate::budget::Reservation;
 use crate::chunker::{BufferPool, Chunker};
 use crate::{ByteStream, ObjectKey, StoreError};
 
@@ -43,17 +44,30 @@ impl Inner {
             sent: 0,
             ended: false,
         };
+        let mut memory = Reservation::new(&self.part_memory);
         let mut head = vec![];
-        while reader.sent < tuning.threshold {
+        // Set when the store's part memory ran short with parts already read: they go up as a
+        // multipart upload at once rather than waiting for memory while holding some.
+        let mut short_of_memory = false;
+        while reader.sent < tuning.threshold && !reader.ended {
+            let size = reader.next_size();
+            if !memory.try_cover(head.len() + 1, size) {
+                if head.is_empty() {
+                    memory.wait_cover(1, size).await;
+                } else {
+                    short_of_memory = true;
+                    break;
+                }
+            }
             match reader.next_part().await? {
                 Some(part) => head.push(part),
                 None => break,
             }
         }
-        if reader.sent < tuning.threshold {
+        if reader.sent < tuning.threshold && !short_of_memory {
             return self.put_single(key, &full, concat(head), guard).await;
         }
-        let mut upload = Multipart::create(self, key, full, pool, guard).await?;
+        let mut upload = Multipart::create(self, key, full, pool, guard, memory).await?;
         let result = upload.send_all(head, &mut reader).await;
         upload.finish(result).await
     }
@@ -171,6 +185,11 @@ struct PartReader {
 }
 
 impl PartReader {
+    /// The size the next part will have (or less, at the end of the body).
+    fn next_size(&self) -> usize {
+        self.sizer.size_after(self.sent)
+    }
+
     async fn next_part(&mut self) -> Result<Option<Bytes>, StoreError> {
         if self.ended {
             return Ok(None);
@@ -201,6 +220,8 @@ struct Multipart {
     in_flight: JoinSet<Result<CompletedPart, StoreError>>,
     /// Where uploaded parts' buffers go back for the chunker to reuse.
     pool: BufferPool,
+    /// This upload's share of the store's part memory.
+    memory: Reservation,
     guard: PartGuard,
     done: Vec<CompletedPart>,
     /// CompleteMultipartUpload was sent, so the object may exist.
@@ -216,6 +237,7 @@ impl Multipart {
         full: String,
         pool: BufferPool,
         guard: PartGuard,
+        memory: Reservation,
     ) -> Result<Self, StoreError> {
         // AWS refuses parts with a checksum the upload was not created for.
         let algorithm = (guard == PartGuard::Crc32c).then_some(ChecksumAlgorithm::Crc32C);
@@ -239,6 +261,7 @@ impl Multipart {
             upload_id: upload_id.into(),
             in_flight: JoinSet::new(),
             pool,
+            memory,
             guard,
             done: vec![],
             completing: false,
@@ -266,8 +289,9 @@ impl Multipart {
             self.spawn_part(number, part);
         }
         while !reader.ended {
-            // Memory: `max` parts uploading plus the one being read.
+            // Memory: `max` parts uploading plus the one being read, within the store's budget.
             self.wait_for_capacity(max).await?;
+            self.reserve_next(reader.next_size()).await?;
             let sent = reader.sent;
             let Some(part) = reader.next_part().await? else {
                 break;
@@ -360,6 +384,27 @@ impl Multipart {
             }
         }
         Ok(())
+    }
+
+    /// Makes the reservation cover the parts in flight plus one of `size` bytes to read: takes
+    /// more of the store's budget if it has it, else waits for a part of this upload to
+    /// finish, or, with none in flight, gives back what it holds and waits for the budget.
+    async fn reserve_next(&mut self, size: usize) -> Result<(), StoreError> {
+        loop {
+            if self.memory.try_cover(self.in_flight.len() + 1, size) {
+                // Idle buffers past the one the next part takes are no longer reserved.
+                self.pool.keep_at_most(1);
+                return Ok(());
+            }
+            match self.in_flight.join_next().await {
+                Some(res) => self.joined(res)?,
+                None => {
+                    self.pool.keep_at_most(0);
+                    self.memory.wait_cover(1, size).await;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Collects parts that already finished, so a failed part stops the upload early.

@@ -88,6 +88,7 @@ mod tests {
             part_size: part,
             max_part_size: part.max(64 * MIB),
             max_in_flight: 4,
+            max_part_memory: 1024 * MIB,
             max_object_size: max_object,
             growth_divisor: growth_divisor(part, max_object).unwrap(),
         }
