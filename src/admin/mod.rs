@@ -62,6 +62,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         // The other metrics still help while the registry cannot answer.
         Err(e) => tracing::warn!(error = %e, "image counts left out of the metrics"),
     }
+    state.metrics.observe_part_memory(state.stores.iter());
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }

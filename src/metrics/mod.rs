@@ -78,6 +78,9 @@ pub struct Metrics {
     pub store_duration: DurationFamily<StoreOpLabels>,
     pub store_errors: Family<StoreOpLabels, Counter>,
     pub store_up: Family<StoreLabels, Gauge>,
+    /// Set from the stores' part budgets just before each scrape.
+    pub store_part_memory: Family<StoreLabels, Gauge>,
+    pub store_part_memory_limit: Family<StoreLabels, Gauge>,
     pub uploads_in_progress: Gauge<i64, AtomicI64>,
     /// Set from the registry's status counters just before each scrape.
     pub images: Family<ImageStatusLabels, Gauge>,
@@ -136,6 +139,18 @@ impl Metrics {
             "1 when the store's last health probe succeeded, else 0",
             store_up.clone(),
         );
+        let store_part_memory = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "store_part_memory_bytes",
+            "Bytes of upload part buffers held now, per store with a max_part_memory",
+            store_part_memory.clone(),
+        );
+        let store_part_memory_limit = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "store_part_memory_limit_bytes",
+            "The store's max_part_memory",
+            store_part_memory_limit.clone(),
+        );
         let uploads_in_progress = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "uploads_in_progress",
@@ -168,6 +183,8 @@ impl Metrics {
             store_duration,
             store_errors,
             store_up,
+            store_part_memory,
+            store_part_memory_limit,
             uploads_in_progress,
             images,
         }
@@ -197,6 +214,28 @@ impl Metrics {
     pub fn upload_started(self: &Arc<Self>) -> UploadInProgress {
         self.uploads_in_progress.inc();
         UploadInProgress(Arc::clone(self))
+    }
+
+    /// Reads what each store holds of its part budget, for the next scrape.
+    pub fn observe_part_memory<'a>(
+        &self,
+        stores: impl Iterator<Item = &'a Arc<dyn stores::Store>>,
+    ) {
+        for store in stores {
+            let Some(budget) = store.part_memory() else {
+                continue;
+            };
+            let labels = StoreLabels {
+                store: store.name().to_string(),
+            };
+            let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.store_part_memory
+                .get_or_create(&labels)
+                .set(bytes(budget.held_bytes()));
+            self.store_part_memory_limit
+                .get_or_create(&labels)
+                .set(bytes(budget.limit_bytes()));
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.

@@ -174,6 +174,10 @@ impl Store for MeteredStore {
         self.inner.endpoints()
     }
 
+    fn part_memory(&self) -> Option<&stores::budget::PartBudget> {
+        self.inner.part_memory()
+    }
+
     async fn put(
         &self,
         key: &ObjectKey,

@@ -166,6 +166,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         vec![]
     }
 
+    /// The store-wide cap on upload part buffers, for stores that have one (S3's
+    /// `max_part_memory`), so the gateway can export what is held of it.
+    fn part_memory(&self) -> Option<&budget::PartBudget> {
+        None
+    }
+
     /// Stores `body` under `key`, as [`PutOptions`] say.
     async fn put(
         &self,

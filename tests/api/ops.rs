@@ -243,6 +243,23 @@ async fn metrics_count_known_traffic_by_route_template() {
         gauge(&scrape, "glance_gateway_store_up", &[("store", "down")]),
         0.0
     );
+    // The S3 store's part budget: its limit, and nothing held once its failed upload is over;
+    // the file store has none.
+    let part_memory = "glance_gateway_store_part_memory_bytes";
+    let part_limit = "glance_gateway_store_part_memory_limit_bytes";
+    assert_eq!(
+        gauge(&scrape, part_limit, &[("store", "down")]),
+        (1u64 << 30) as f64
+    );
+    assert_eq!(gauge(&scrape, part_memory, &[("store", "down")]), 0.0);
+    let file_limit = find(
+        &scrape,
+        part_limit,
+        Type::Gauge,
+        ValueType::Sample,
+        &[("store", "file")],
+    );
+    assert!(file_limit.is_empty(), "{file_limit:?}");
     assert_eq!(
         gauge(&scrape, "glance_gateway_uploads_in_progress", &[]),
         0.0

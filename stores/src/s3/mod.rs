@@ -198,6 +198,10 @@ impl Store for S3Store {
         self.inner.endpoints.clone()
     }
 
+    fn part_memory(&self) -> Option<&PartBudget> {
+        Some(&self.inner.part_memory)
+    }
+
     #[tracing::instrument(skip(self, body), fields(store = %self.inner.name))]
     async fn put(
         &self,
