@@ -318,6 +318,28 @@ async fn one_replica_at_a_time_runs_a_chore() {
     assert!(free, "the lock outlived its guard");
 }
 
+/// `registry copy` from the sled registry at `path`, once the last handle of the one the test
+/// wrote has let go of its lock: that handle may drop on a blocking thread just after the
+/// test's own scope ends.
+async fn copy_once_free(
+    path: &std::path::Path,
+    settings: &PostgresSettings,
+) -> crate::registry::copy::Copied {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match crate::registry::copy::sled_to_postgres(path, settings).await {
+            Ok(copied) => return copied,
+            Err(e)
+                if matches!(e.downcast_ref(), Some(RegistryError::InUse))
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("registry copy: {e:#}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_sled_registry_copies_over_with_members_reserved_ids_and_its_id() {
     let Some(settings) = fresh().await else {
@@ -355,14 +377,10 @@ async fn a_sled_registry_copies_over_with_members_reserved_ids_and_its_id() {
         }
         (sled.id().to_owned(), images)
     };
-    let copied = crate::registry::copy::sled_to_postgres(dir.path(), &settings)
-        .await
-        .unwrap();
+    let copied = copy_once_free(dir.path(), &settings).await;
     assert_eq!((copied.images, copied.skipped, copied.members), (30, 0, 8));
     // Again: nothing new, counts still match.
-    let again = crate::registry::copy::sled_to_postgres(dir.path(), &settings)
-        .await
-        .unwrap();
+    let again = copy_once_free(dir.path(), &settings).await;
     assert_eq!((again.images, again.skipped), (0, 30));
 
     let pg = PostgresRegistry::open(&settings).await.unwrap();
