@@ -40,11 +40,14 @@ impl PartBudget {
         }))
     }
 
-    /// Units for `parts` parts of `part_len` bytes, at most the whole budget.
-    fn units(&self, parts: usize, part_len: usize) -> u32 {
-        let per_part = (part_len as u64).div_ceil(UNIT).max(1);
+    /// Units for `parts` parts of `part_len` bytes, or `None` past the whole budget. A single
+    /// part larger than the budget counts as the whole budget, so it can still go alone.
+    fn units(&self, parts: usize, part_len: usize) -> Option<u32> {
+        let per_part = (part_len as u64)
+            .div_ceil(UNIT)
+            .clamp(1, u64::from(self.0.total));
         let wanted = per_part.saturating_mul(parts as u64);
-        u32::try_from(wanted).unwrap_or(u32::MAX).min(self.0.total)
+        u32::try_from(wanted).ok().filter(|&w| w <= self.0.total)
     }
 
     /// The whole budget in bytes.
@@ -94,7 +97,9 @@ impl Reservation {
     /// back any surplus, or takes what is missing if the budget has it. False when it has
     /// not, and the reservation is unchanged.
     pub fn try_cover(&mut self, parts: usize, part_len: usize) -> bool {
-        let wanted = self.budget.units(parts, part_len);
+        let Some(wanted) = self.budget.units(parts, part_len) else {
+            return false;
+        };
         let held = self.held_units();
         if wanted <= held {
             if let Some(permit) = &mut self.held {
@@ -114,11 +119,14 @@ impl Reservation {
         true
     }
 
-    /// Gives back all it holds, then waits for `parts` parts of `part_len` bytes. Only for an
+    /// Gives back all it holds, then waits for one part of `part_len` bytes. Only for an
     /// upload with nothing else in memory: it holds nothing while it waits.
-    pub async fn wait_cover(&mut self, parts: usize, part_len: usize) {
+    pub async fn wait_cover(&mut self, part_len: usize) {
         self.held = None;
-        let wanted = self.budget.units(parts, part_len);
+        let wanted = self
+            .budget
+            .units(1, part_len)
+            .expect("one part always fits: it counts as at most the whole budget");
         let permit = Arc::clone(&self.budget.0.permits)
             .acquire_many_owned(wanted)
             .await
@@ -160,6 +168,12 @@ mod tests {
         let mut r = Reservation::new(&budget);
         assert!(r.try_cover(1, 64 * MIB));
         assert_eq!(budget.held_bytes(), budget.limit_bytes());
+        // Never two of them, nor several parts past the budget.
+        drop(r);
+        let mut two = Reservation::new(&budget);
+        assert!(!two.try_cover(2, 64 * MIB));
+        assert!(!two.try_cover(3, 3 * MIB), "9 MiB is past the 8 MiB budget");
+        assert_eq!(budget.held_bytes(), 0);
         // Partial MiB round up.
         let small = PartBudget::new(4 * UNIT);
         let mut s = Reservation::new(&small);
@@ -177,7 +191,7 @@ mod tests {
         assert!(a.try_cover(1, 2 * MIB));
         assert!(b.try_cover(1, 2 * MIB));
         let wait_a = tokio::spawn(async move {
-            a.wait_cover(2, 2 * MIB).await;
+            a.wait_cover(4 * MIB).await;
             a
         });
         // A gave its share back: the semaphore queues it first for what is freed (waiters are
@@ -185,7 +199,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!b.try_cover(2, 2 * MIB));
         let wait_b = tokio::spawn(async move {
-            b.wait_cover(2, 2 * MIB).await;
+            b.wait_cover(4 * MIB).await;
             drop(b);
         });
         let a = tokio::time::timeout(Duration::from_secs(5), wait_a)

@@ -53,7 +53,7 @@ impl Inner {
             let size = reader.next_size();
             if !memory.try_cover(head.len() + 1, size) {
                 if head.is_empty() {
-                    memory.wait_cover(1, size).await;
+                    memory.wait_cover(size).await;
                 } else {
                     short_of_memory = true;
                     break;
@@ -400,7 +400,7 @@ impl Multipart {
                 Some(res) => self.joined(res)?,
                 None => {
                     self.pool.keep_at_most(0);
-                    self.memory.wait_cover(1, size).await;
+                    self.memory.wait_cover(size).await;
                     return Ok(());
                 }
             }
