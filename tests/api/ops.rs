@@ -327,11 +327,21 @@ async fn request_duration_runs_to_the_end_of_the_body_and_uploads_in_progress_ar
     );
     drop(upload);
     app.wait_for_status(&upload_id, "killed").await;
-    let (_, scrape) = scrape_metrics(&app).await;
-    assert_eq!(
-        gauge(&scrape, "glance_gateway_uploads_in_progress", &[]),
-        0.0
-    );
+    // The image is marked killed before its upload's handler has returned, and the upload
+    // counts as in progress until then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, scrape) = scrape_metrics(&app).await;
+        let in_progress = gauge(&scrape, "glance_gateway_uploads_in_progress", &[]);
+        if in_progress == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed upload still counts as in progress: {in_progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
