@@ -9,8 +9,8 @@
 //! stored data ([`Hashing::feed`]).
 //!
 //! The multihash is OpenSSL's: its SHA-512 takes 1.24 CPU-seconds per GiB where the portable
-//! crates take 1.8, and MD5 (1.78) plus SHA-512 must fit in two cores for an upload to run at
-//! the MD5 limit with a core's worth of room left for receiving and writing.
+//! crates take 1.8. MD5 (1.78) and the multihash share the cores with receiving and writing,
+//! so on a small machine every CPU-second saved here is upload speed.
 
 use std::future::Future;
 use std::io;
