@@ -264,64 +264,97 @@ async fn a_schema_1_registry_is_upgraded_in_place() {
     );
 }
 
-/// Writers that commit while a flush runs share the next one, and none returns before a flush
-/// that started after its call has finished.
-#[test]
-fn concurrent_writers_share_flushes() {
-    use std::sync::Barrier;
+/// Writes queued while a flush runs share the next one, and none is answered before a flush
+/// that began after it was applied has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_flushes() {
+    use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
-    let group = Arc::new(GroupFlush::default());
-    let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started_at = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
-    let writers = 8;
-    let barrier = Arc::new(Barrier::new(writers));
-    let handles: Vec<_> = (0..writers)
+    let writer = Arc::new(super::writer::Writer::start().unwrap());
+    let started = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let flush: super::writer::Flush = {
+        let started = Arc::clone(&started);
+        Arc::new(move || {
+            started.lock().unwrap().push(Instant::now());
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        })
+    };
+    let writes = 8;
+    let tasks: Vec<_> = (0..writes)
         .map(|_| {
-            let (group, flushes, started_at, barrier) = (
-                Arc::clone(&group),
-                Arc::clone(&flushes),
-                Arc::clone(&started_at),
-                Arc::clone(&barrier),
+            let (writer, flush, started) = (
+                Arc::clone(&writer),
+                Arc::clone(&flush),
+                Arc::clone(&started),
             );
-            std::thread::spawn(move || {
-                barrier.wait();
-                let called = Instant::now();
-                group
-                    .flush_with(|| {
-                        started_at.lock().unwrap().push(Instant::now());
-                        flushes.fetch_add(1, AtomicOrdering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(50));
-                        Ok(())
-                    })
+            tokio::spawn(async move {
+                let applied = writer
+                    .run(&flush, || Ok::<_, RegistryError>(Instant::now()))
+                    .await
+                    .expect("answered")
                     .unwrap();
-                // Some flush began after this writer called, and has finished by now.
-                let covered = started_at
+                let covered = started
                     .lock()
                     .unwrap()
                     .iter()
-                    .any(|&t| t >= called && t + Duration::from_millis(50) <= Instant::now());
+                    .any(|&t| t >= applied && t + Duration::from_millis(50) <= Instant::now());
                 assert!(
                     covered,
-                    "returned before a flush that started after the call"
+                    "answered before a flush that began after the write"
                 );
             })
         })
         .collect();
-    for h in handles {
-        h.join().unwrap();
+    for task in tasks {
+        task.await.unwrap();
     }
-    let n = flushes.load(AtomicOrdering::SeqCst);
-    assert!((1..=3).contains(&n), "{writers} writers ran {n} flushes");
+    let n = writer.flushes();
+    assert!((1..=3).contains(&n), "{writes} writes ran {n} flushes");
+}
+
+/// A flush that fails fails every write it was to cover; a write that fails is answered with
+/// its own error.
+#[tokio::test]
+async fn a_failed_flush_fails_the_writes_it_covers() {
+    let writer = super::writer::Writer::start().unwrap();
+    let failing: super::writer::Flush =
+        Arc::new(|| Err(RegistryError::Storage("disk full".into())));
+    let got = writer
+        .run(&failing, || Ok::<_, RegistryError>(1))
+        .await
+        .expect("answered");
+    assert!(matches!(got, Err(RegistryError::Storage(e)) if e == "disk full"));
+    let ok: super::writer::Flush = Arc::new(|| Ok(()));
+    let refused = writer
+        .run(&ok, || Err::<(), _>(RegistryError::NotFound))
+        .await
+        .expect("answered");
+    assert!(matches!(refused, Err(RegistryError::NotFound)));
+    let panicked = writer
+        .run(&ok, || -> Result<(), RegistryError> {
+            panic!("a broken write")
+        })
+        .await;
+    assert!(panicked.is_none());
+    // The writer outlives a panicking write.
+    assert!(writer
+        .run(&ok, || Ok::<_, RegistryError>(()))
+        .await
+        .is_some());
 }
 
 /// The whole-registry walk of the sweep and the admin runs: every record once, deleted and
-/// killed ones too, across several batches, in id order.
+/// killed ones too, across several batches, in id order, decoding each record once (not a
+/// `changes-since` window's worth per batch).
 #[tokio::test]
 async fn walking_every_record_crosses_batches_and_includes_the_gone() {
     use futures::TryStreamExt;
 
-    let reg = Registry::new(Arc::new(SledRegistry::temporary().unwrap()));
+    let engine =
+        Arc::new(SledRegistry::temporary_with_window(crate::registry::WALK_BATCH).unwrap());
+    let reg = Registry::new(engine.clone());
     let n = crate::registry::WALK_BATCH * 2 + 7;
     let mut ids = vec![];
     for i in 0..n {
@@ -334,6 +367,7 @@ async fn walking_every_record_crosses_batches_and_includes_the_gone() {
         ids.push(reg.insert_new(r).await.unwrap().id);
     }
     ids.sort();
+    let before = engine.records_decoded();
     let walked: Vec<ImageId> = reg
         .walk_records()
         .map_ok(|r| r.id)
@@ -341,4 +375,6 @@ async fn walking_every_record_crosses_batches_and_includes_the_gone() {
         .await
         .unwrap();
     assert_eq!(walked, ids);
+    let decoded = engine.records_decoded() - before;
+    assert!(decoded <= n as u64, "walking {n} records decoded {decoded}");
 }
