@@ -9,8 +9,8 @@
 //!
 //! Every change to an image rewrites the entries that differ in one transaction over all trees,
 //! and is answered once a flush that began after it committed is done. Writes run on one thread
-//! that flushes once per batch ([`writer`]), reads on a few reader threads ([`readers`]): no sled
-//! call runs on the async threads.
+//! that flushes once per batch ([`writer`]), lookups on a few reader threads ([`readers`]), walks
+//! on the blocking pool: no sled call runs on the async threads.
 
 mod keys;
 mod readers;
@@ -212,7 +212,22 @@ impl SledRegistry {
             .unwrap_or_else(|| Err(RegistryError::Storage("registry write failed".into()).into()))
     }
 
-    /// Runs a read on the engine's readers.
+    /// Runs a walk (a list page, the images shared with a member, a state's images) on the
+    /// blocking pool. A walk may read many records (a filter that matches nothing walks the
+    /// whole registry), so walks stay off the readers: two of them could otherwise hold up every
+    /// lookup behind them.
+    async fn scan<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let trees = Arc::clone(&self.trees);
+        tokio::task::spawn_blocking(move || f(&trees))
+            .await
+            .map_err(|e| RegistryError::Storage(format!("registry scan failed: {e}")))?
+    }
+
+    /// Runs a lookup of a few keys on the engine's readers.
     async fn read<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
         T: Send + 'static,
@@ -687,12 +702,12 @@ impl RegistryEngine for SledRegistry {
     }
 
     async fn list_page(&self, request: PageRequest) -> Result<Vec<ImageRecord>, RegistryError> {
-        self.read(move |t| t.list_page(&request)).await
+        self.scan(move |t| t.list_page(&request)).await
     }
 
     async fn shared_with(&self, member: &str) -> Result<Vec<StoredImage>, RegistryError> {
         let prefix = keys::member_prefix(member);
-        self.read(move |t| {
+        self.scan(move |t| {
             let mut out = vec![];
             for kv in t.member_images.scan_prefix(&prefix) {
                 let (k, _) = kv?;
@@ -744,7 +759,7 @@ impl RegistryEngine for SledRegistry {
             None => Bound::Included(prefix.clone()),
         };
         let upper = keys::prefix_end(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
-        self.read(move |t| {
+        self.scan(move |t| {
             let mut out = vec![];
             for kv in t.in_state.range::<Vec<u8>, _>((lower, upper)) {
                 if out.len() >= limit {

@@ -4,8 +4,8 @@
 //! tokio's blocking pool grew that pool to one thread per concurrent request; every read then woke
 //! a sleeping thread, and each of those threads kept its own malloc arena of freed sled pages.
 //! A few long-lived readers draining one queue stay awake while work is queued, and keep the
-//! memory they free in few arenas. Writes, which wait for a flush, stay on the blocking pool so
-//! that they never hold up reads.
+//! memory they free in few arenas. Only lookups of a few keys come here: walks, which may read
+//! many records, run on the blocking pool, and writes on the writer.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread;

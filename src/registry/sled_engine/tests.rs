@@ -378,3 +378,38 @@ async fn walking_every_record_crosses_batches_and_includes_the_gone() {
     let decoded = engine.records_decoded() - before;
     assert!(decoded <= n as u64, "walking {n} records decoded {decoded}");
 }
+
+/// A lookup is answered while walks that read the whole registry are still running: walks do
+/// not take the readers lookups need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_are_not_held_up_behind_long_walks() {
+    let reg = Registry::new(Arc::new(SledRegistry::temporary().unwrap()));
+    let mut last = None;
+    for _ in 0..2000 {
+        let r = ImageRecord::new(ImageId::random(), Timestamp::now());
+        last = Some(reg.insert_new(r).await.unwrap().id);
+    }
+    let matches_nothing = PageRequest {
+        filters: Filters {
+            properties: vec![("os".into(), "none of them".into())],
+            ..Filters::default()
+        },
+        ..page(Audience::Everything, 25)
+    };
+    let walks: Vec<_> = (0..4)
+        .map(|_| {
+            let (reg, req) = (reg.clone(), matches_nothing.clone());
+            tokio::spawn(async move { reg.list_page(req).await.unwrap() })
+        })
+        .collect();
+    // Let every walk reach its thread first.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(reg.get(&last.unwrap()).await.unwrap().is_some());
+    assert!(
+        walks.iter().all(|w| !w.is_finished()),
+        "a lookup waited for a walk of the whole registry"
+    );
+    for w in walks {
+        assert!(w.await.unwrap().is_empty());
+    }
+}
