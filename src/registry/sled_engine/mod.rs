@@ -41,9 +41,9 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 /// The most `changes-since` matches sorted in memory (see `recent_changes`).
 const CHANGES_WINDOW: usize = 2000;
 const SCHEMA_VERSION: &[u8] = b"2";
-/// Threads serving reads (see [`readers`]): one per core. More only contend for the cores (a
-/// detail page ran about 25% slower with 4 readers than with 2 on 2 cores); fewer serialise the
-/// reads that miss sled's cache.
+/// Threads serving lookups (see [`readers`]): one per core. A lookup is CPU work once its page
+/// is in sled's cache, so more threads only contend for the cores; fewer serialise the lookups
+/// that miss the cache.
 fn read_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
