@@ -19,7 +19,9 @@ use crate::registry::RegistryError;
 /// The most writes applied before a flush: a bound on how long the first one waits.
 const MAX_BATCH: usize = 256;
 
-/// Makes every applied write durable.
+/// Makes every applied write durable. It comes with each write rather than with the writer, so
+/// the writer holds the database open only while it has writes in hand: a registry closed by
+/// its last handle is closed, not kept open by an idle writer thread.
 pub type Flush = Arc<dyn Fn() -> Result<(), RegistryError> + Send + Sync>;
 /// Answers a write once the flush that covers it is done (its outcome given).
 type Answer = Box<dyn FnOnce(Result<(), RegistryError>) + Send>;
