@@ -150,6 +150,12 @@ fn spawn_flusher(file: &fs::File) -> io::Result<(std_mpsc::SyncSender<()>, Flush
     Ok((tx, handle))
 }
 
+/// Whether no upload holds the temp file at `path` (its writer locks it until it is renamed).
+fn abandoned(path: &Path) -> bool {
+    // Read-only is enough to take the lock; a file renamed or removed meanwhile is not ours.
+    fs::File::open(path).is_ok_and(|file| file.try_lock().is_ok())
+}
+
 type Flusher = std::thread::JoinHandle<io::Result<()>>;
 
 fn join_flusher(flusher: Flusher) -> io::Result<()> {
@@ -321,6 +327,10 @@ fn write_object(
             .write(true)
             .create_new(true)
             .open(&tmp)?;
+        // Held until the temp file is renamed into place: a sweep skips temp files it cannot
+        // lock, so an upload that started after the sweep read the registry is never taken for
+        // an abandoned one, whatever `sweep_min_age` (a crashed upload's lock dies with it).
+        file.lock()?;
         let direct = match direct_io {
             true => write_direct(&mut rx, &file, &tmp)?,
             false => None,
@@ -333,8 +343,8 @@ fn write_object(
             return Ok(false);
         }
         file.sync_all()?;
-        drop(file);
         fs::rename(&tmp, &dest)?;
+        drop(file);
         // Make the rename itself durable.
         if let Some(dir) = dest.parent() {
             fs::File::open(dir)?.sync_all()?;
@@ -539,6 +549,7 @@ impl Store for FileStore {
                 let modified = entry.metadata()?.modified()?;
                 if !running
                     && now.duration_since(modified).unwrap_or_default() >= older_than
+                    && abandoned(&entry.path())
                     && fs::remove_file(entry.path()).is_ok()
                 {
                     report.incomplete_removed += 1;
@@ -732,6 +743,48 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["running.partial3"]);
+    }
+
+    /// A sweep with no minimum age that does not know an upload is running (it began after the
+    /// sweep read the registry) leaves its temp file alone, and the upload completes.
+    #[tokio::test]
+    async fn a_sweep_spares_the_temp_file_of_a_running_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let key = ObjectKey::parse("running").unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<io::Result<Bytes>>();
+        tx.unbounded_send(Ok(Bytes::from_static(b"first half, ")))
+            .unwrap();
+        let put = tokio::spawn({
+            let store = store.clone();
+            let key = key.clone();
+            async move { store.put(&key, Box::pin(rx), PutOptions::default()).await }
+        });
+        let tmp = store.root().join(TMP_DIR);
+        for _ in 0..100 {
+            if fs::read_dir(&tmp).unwrap().count() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+        // An abandoned temp file beside it: nobody holds it.
+        fs::write(tmp.join("gone.partial1"), b"x").unwrap();
+        let report = store
+            .sweep_incomplete(Duration::ZERO, &BTreeSet::new())
+            .await
+            .unwrap();
+        assert_eq!(report.incomplete_removed, 1);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+        tx.unbounded_send(Ok(Bytes::from_static(b"second half")))
+            .unwrap();
+        drop(tx);
+        put.await.unwrap().unwrap();
+        let got = testing::read_all(store.get(&key, None).await.unwrap().body)
+            .await
+            .unwrap();
+        assert_eq!(got, b"first half, second half");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
     }
 
     #[tokio::test]
