@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
@@ -148,6 +148,30 @@ fn spawn_flusher(file: &fs::File) -> io::Result<(std_mpsc::SyncSender<()>, Flush
             Ok(())
         })?;
     Ok((tx, handle))
+}
+
+/// Creates the temp file `tmp` and locks it. The lock is held until the file is renamed into
+/// place: a sweep skips temp files it cannot lock, so an upload that began after the sweep read
+/// the registry is never taken for an abandoned one, whatever `sweep_min_age` (a crashed
+/// upload's lock dies with it).
+fn create_locked(tmp: &Path) -> io::Result<fs::File> {
+    for _ in 0..3 {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)?;
+        file.lock()?;
+        // A sweep may have taken the file between its creation and the lock, and removed it.
+        match fs::metadata(tmp) {
+            Ok(m) if m.ino() == file.metadata()?.ino() => return Ok(file),
+            Ok(_) => return Err(io::Error::other("temp file replaced while it was created")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "temp file removed by sweeps while it was created",
+    ))
 }
 
 /// Whether no upload holds the temp file at `path` (its writer locks it until it is renamed).
@@ -323,14 +347,7 @@ fn write_object(
     direct_io: bool,
 ) -> io::Result<bool> {
     let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        // Held until the temp file is renamed into place: a sweep skips temp files it cannot
-        // lock, so an upload that started after the sweep read the registry is never taken for
-        // an abandoned one, whatever `sweep_min_age` (a crashed upload's lock dies with it).
-        file.lock()?;
+        let file = create_locked(&tmp)?;
         let direct = match direct_io {
             true => write_direct(&mut rx, &file, &tmp)?,
             false => None,
@@ -761,12 +778,18 @@ mod tests {
             async move { store.put(&key, Box::pin(rx), PutOptions::default()).await }
         });
         let tmp = store.root().join(TMP_DIR);
+        let held = || {
+            fs::read_dir(&tmp)
+                .unwrap()
+                .any(|e| !abandoned(&e.unwrap().path()))
+        };
         for _ in 0..100 {
-            if fs::read_dir(&tmp).unwrap().count() > 0 {
+            if held() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(held(), "the upload's temp file never appeared locked");
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
         // An abandoned temp file beside it: nobody holds it.
         fs::write(tmp.join("gone.partial1"), b"x").unwrap();
