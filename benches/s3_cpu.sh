@@ -30,48 +30,18 @@ if [ "${BENCH_BUILD:-1}" = 1 ]; then
 fi
 
 mkdir -p "$DIR"
-started_backend=0
-if ! scripts/s3-backend.sh status 2>/dev/null; then started_backend=1; fi
-eval "$(scripts/s3-backend.sh start)"
+# The store as benches/s3.sh configures it by default.
+PART_MIB=16 IN_FLIGHT=4 PART_MEMORY_MIB=1024 PART_CHECKSUM=auto
+# shellcheck source=benches/s3_gateway.sh
+. "$ROOT/benches/s3_gateway.sh"
+s3_backend_start
 gateway_pid=""
 cleanup() {
-  if [ -n "$gateway_pid" ]; then kill "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
+  s3_stop
   rm -rf "$DIR"
-  if [ "$started_backend" = 1 ]; then
-    scripts/s3-backend.sh stop
-    rm -rf "${S3_DIR:-${TMPDIR:-/tmp}/gateway-s3}"
-  fi
 }
 trap cleanup EXIT
-
-ADMIN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-cat > "$DIR/gateway.toml" <<TOML
-default_store = "s3"
-admin_bind = "127.0.0.1:$ADMIN_PORT"
-image_size_cap = 1099511627776
-hashing_algorithm = "$HASHING"
-
-[stores.s3]
-kind = "s3"
-bucket = "$GATEWAY_TEST_S3_BUCKET"
-endpoint = "$GATEWAY_TEST_S3_ENDPOINT"
-region = "$GATEWAY_TEST_S3_REGION"
-force_path_style = true
-prefix = "bench/gateway/"
-access_key_id = "$GATEWAY_TEST_S3_ACCESS_KEY"
-secret_access_key = "$GATEWAY_TEST_S3_SECRET_KEY"
-multipart_threshold = 16777216
-part_size = 16777216
-max_concurrent_parts = 4
-TOML
-chmod 600 "$DIR/gateway.toml"
-RUST_LOG=warn "$BIN" serve --config "$DIR/gateway.toml" --data-dir "$DIR/data" \
-  --bind "127.0.0.1:$PORT" > "$DIR/gateway.log" 2>&1 &
-gateway_pid=$!
-for _ in $(seq 1 100); do
-  curl -s -o /dev/null "$GATEWAY/versions" && break
-  sleep 0.1
-done
+s3_gateway_start
 head -c $((SIZE_MIB * 1048576)) /dev/urandom > "$DIR/image.bin"
 
 hz=$(getconf CLK_TCK)
